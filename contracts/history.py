@@ -1,0 +1,117 @@
+"""Requests served by the history service, and the records it returns."""
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from contracts.base import Contract, Reply
+
+SessionStatus = Literal["active", "archived"]
+Role = Literal["user", "assistant"]
+
+PERSONA_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_CONTENT_CHARS = 200_000  # the gateway enforces the configured, smaller limit
+MAX_PAGE = 200
+
+
+class SessionRecord(Contract):
+    """One conversation of a user with a persona."""
+
+    id: UUID
+    user_id: str
+    persona: str
+    title: str | None
+    status: SessionStatus
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+    message_count: int
+
+
+class MessageRecord(Contract):
+    """One stored message of a session."""
+
+    id: UUID
+    session_id: UUID
+    user_id: str
+    role: Role
+    content: str
+    created_at: datetime
+    job_id: UUID | None
+
+
+class CreateSession(Contract):
+    """Create a session; the user's previous active session with the persona is archived."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    persona: str = Field(pattern=PERSONA_PATTERN)
+    title: str | None = Field(default=None, max_length=200)
+
+
+class GetSession(Contract):
+    """Fetch one session of a user."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    session_id: UUID
+
+
+class ListSessions(Contract):
+    """List a user's sessions, newest first, one page at a time."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    status: SessionStatus | None = None
+    persona: str | None = Field(default=None, pattern=PERSONA_PATTERN)
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class AppendMessage(Contract):
+    """Store a message of a job; idempotent on (job_id, role).
+
+    A user message needs an active session; an assistant message is stored even
+    if the session was archived while the job ran.
+    """
+
+    user_id: str = Field(min_length=1, max_length=256)
+    session_id: UUID
+    job_id: UUID
+    role: Role
+    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+
+
+class ListMessages(Contract):
+    """List a session's messages, newest first, one page at a time."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    session_id: UUID
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class SessionReply(Reply):
+    """A session, or the error that prevented it."""
+
+    session: SessionRecord | None = None
+
+
+class SessionPage(Reply):
+    """A page of sessions; ``next_cursor`` is None on the last page."""
+
+    items: tuple[SessionRecord, ...] = ()
+    next_cursor: str | None = None
+
+
+class MessageReply(Reply):
+    """A stored message (the existing one when the append was a duplicate)."""
+
+    message: MessageRecord | None = None
+    created: bool = False
+
+
+class MessagePage(Reply):
+    """A page of messages; ``next_cursor`` is None on the last page."""
+
+    items: tuple[MessageRecord, ...] = ()
+    next_cursor: str | None = None

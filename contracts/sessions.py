@@ -1,0 +1,15 @@
+"""Session lifecycle events."""
+
+from datetime import datetime
+from uuid import UUID
+
+from contracts.base import Contract
+
+
+class SessionArchived(Contract):
+    """A session was archived (published on ``session.archived``)."""
+
+    session_id: UUID
+    user_id: str
+    persona: str
+    archived_at: datetime

@@ -1,0 +1,71 @@
+"""Subject, stream and bucket names: the only place they are spelled."""
+
+from dataclasses import dataclass
+
+# JetStream: durable commands and events.
+CHAT_REQUESTED = "chat.requested"
+CHAT_COMPLETED = "chat.completed"
+CHAT_FAILED = "chat.failed"
+SESSION_ARCHIVED = "session.archived"
+DEADLETTER_PREFIX = "deadletter"
+
+# Core NATS: token stream of one job (fire and forget; the final state is in KV).
+CHAT_DELTA_PREFIX = "chat.delta"
+
+# Core NATS request-reply, served by queue groups.
+HISTORY_SESSION_CREATE = "history.session.create"
+HISTORY_SESSION_GET = "history.session.get"
+HISTORY_SESSION_LIST = "history.session.list"
+HISTORY_MESSAGE_APPEND = "history.message.append"
+HISTORY_MESSAGE_LIST = "history.message.list"
+HISTORY_PING = "history.ping"
+MEMORY_PING = "memory.ping"
+AGENT_PING = "agent.ping"
+
+# Queue groups and durable consumer names.
+HISTORY_QUEUE = "history"
+MEMORY_QUEUE = "memory"
+AGENT_QUEUE = "agent"
+AGENT_DURABLE = "agent-chat"
+MEMORY_ARCHIVED_DURABLE = "memory-session-archived"
+
+# JetStream key-value bucket holding every job's state.
+JOBS_BUCKET = "chat_jobs"
+
+# NATS headers carried by every request and event.
+HEADER_REQUEST_ID = "Chatbus-Request-Id"
+HEADER_USER_ID = "Chatbus-User-Id"
+HEADER_DEADLINE = "Chatbus-Deadline"
+
+
+def chat_delta(job_id: str) -> str:
+    """Return the core-NATS subject that carries one job's token deltas."""
+    return f"{CHAT_DELTA_PREFIX}.{job_id}"
+
+
+def deadletter(service: str) -> str:
+    """Return the dead-letter subject of one service."""
+    return f"{DEADLETTER_PREFIX}.{service}"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream every service agrees on."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_age_seconds: float
+    duplicate_window_seconds: float = 120.0
+
+
+CHAT_JOBS_STREAM = StreamSpec("CHAT_JOBS", (CHAT_REQUESTED,), max_age_seconds=7 * 86400)
+CHAT_EVENTS_STREAM = StreamSpec(
+    "CHAT_EVENTS", (CHAT_COMPLETED, CHAT_FAILED), max_age_seconds=7 * 86400
+)
+SESSION_EVENTS_STREAM = StreamSpec(
+    "SESSION_EVENTS", (SESSION_ARCHIVED,), max_age_seconds=30 * 86400
+)
+DEADLETTER_STREAM = StreamSpec(
+    "DEADLETTER", (f"{DEADLETTER_PREFIX}.>",), max_age_seconds=30 * 86400
+)
+ALL_STREAMS = (CHAT_JOBS_STREAM, CHAT_EVENTS_STREAM, SESSION_EVENTS_STREAM, DEADLETTER_STREAM)

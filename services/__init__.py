@@ -1,0 +1,1 @@
+"""The chatbus services: gateway, agent, history, memory, and their launcher."""

@@ -1,0 +1,1 @@
+"""Infrastructure every service shares that is not a contract: settings, logging, bus."""

@@ -1,0 +1,213 @@
+"""Connecting to NATS and talking over it with typed contracts.
+
+Errors raised by :class:`BusClient`::
+
+    BusError
+     ├── BusUnavailable   no connection, or nobody serves the subject
+     ├── BusTimeout       the deadline passed without an answer
+     └── BusProtocolError the answer did not match the reply contract
+"""
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import nats.errors
+import structlog
+from faststream import BaseMiddleware
+from faststream.nats import NatsBroker
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from contracts import subjects
+from contracts.base import Contract, Reply
+from services.runtime.config import ServiceSettings
+
+R = TypeVar("R", bound=Reply)
+log = structlog.get_logger("chatbus.bus")
+
+
+class BusError(Exception):
+    """A call over the bus did not produce a usable answer."""
+
+
+class BusUnavailable(BusError):
+    """The bus or the service behind a subject is not reachable."""
+
+
+class BusTimeout(BusError):
+    """The deadline passed before an answer arrived."""
+
+
+class BusProtocolError(BusError):
+    """The answer did not match the reply contract."""
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """What travels in NATS headers with every request and event."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    user_id: str | None = None
+    deadline: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        """Render as NATS headers."""
+        out = {subjects.HEADER_REQUEST_ID: self.request_id}
+        if self.user_id is not None:
+            out[subjects.HEADER_USER_ID] = self.user_id
+        if self.deadline is not None:
+            out[subjects.HEADER_DEADLINE] = f"{self.deadline:.3f}"
+        return out
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str] | None) -> "RequestMeta":
+        """Read from NATS headers; a missing request id gets a fresh one."""
+        headers = headers or {}
+        deadline = headers.get(subjects.HEADER_DEADLINE)
+        return cls(
+            request_id=headers.get(subjects.HEADER_REQUEST_ID) or uuid.uuid4().hex,
+            user_id=headers.get(subjects.HEADER_USER_ID),
+            deadline=float(deadline) if deadline else None,
+        )
+
+    def remaining(self, default: float) -> float:
+        """Return the seconds left before the deadline, or ``default`` without one."""
+        if self.deadline is None:
+            return default
+        return max(0.0, self.deadline - time.time())
+
+
+class RequestContextMiddleware(BaseMiddleware):
+    """Bind the request id and user id of each consumed message to the log context."""
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        meta = RequestMeta.from_headers(getattr(msg, "headers", None))
+        with structlog.contextvars.bound_contextvars(
+            request_id=meta.request_id,
+            user_id=meta.user_id,
+            subject=getattr(getattr(msg, "raw_message", None), "subject", None),
+        ):
+            return await call_next(msg)
+
+
+def make_broker(settings: ServiceSettings, service: str, **kwargs: Any) -> NatsBroker:
+    """Build a broker that reconnects forever and logs through the service's logger."""
+    import logging
+
+    return NatsBroker(
+        settings.nats_url,
+        name=f"chatbus-{service}-{settings.instance}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=int(max(1, settings.bus_connect_timeout)),
+        middlewares=(RequestContextMiddleware,),
+        logger=logging.getLogger(f"chatbus.{service}.faststream"),
+        **kwargs,
+    )
+
+
+async def ensure_streams(broker: NatsBroker, specs: tuple[subjects.StreamSpec, ...]) -> None:
+    """Create the streams, or bring an existing one's config up to date."""
+    js = broker.connection.jetstream()
+    for spec in specs:
+        config = StreamConfig(
+            name=spec.name,
+            subjects=list(spec.subjects),
+            max_age=spec.max_age_seconds,
+            duplicate_window=spec.duplicate_window_seconds,
+            storage=StorageType.FILE,
+        )
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                continue
+            except BadRequestError:
+                pass  # another replica created it between our two calls
+        await js.update_stream(config)
+
+
+async def jobs_bucket(broker: NatsBroker) -> KeyValue:
+    """Return the job-state bucket, creating it on first use."""
+    return await broker.key_value(
+        subjects.JOBS_BUCKET, history=5, ttl=7 * 86400, storage=StorageType.FILE
+    )
+
+
+class BusClient:
+    """Typed request-reply over a connected broker."""
+
+    def __init__(self, broker: NatsBroker, default_timeout: float) -> None:
+        self.broker = broker
+        self.default_timeout = default_timeout
+
+    async def request(
+        self,
+        subject: str,
+        body: Contract,
+        reply_type: type[R],
+        meta: RequestMeta,
+        timeout: float | None = None,
+    ) -> R:
+        """Send ``body`` and return the validated answer, or raise a :class:`BusError`."""
+        timeout = timeout if timeout is not None else meta.remaining(self.default_timeout)
+        if timeout <= 0:
+            raise BusTimeout(f"deadline already passed before {subject}")
+        headers = meta.headers()
+        headers.setdefault(subjects.HEADER_DEADLINE, f"{time.time() + timeout:.3f}")
+        try:
+            answer = await self.broker.request(
+                body,
+                subject,
+                headers=headers,
+                correlation_id=meta.request_id,
+                timeout=timeout,
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise BusUnavailable(f"no service answers {subject}") from exc
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            raise BusTimeout(f"{subject} gave no answer within {timeout:.2f}s") from exc
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError) as exc:
+            raise BusUnavailable(f"bus unavailable: {exc!r}") from exc
+        try:
+            return reply_type.model_validate_json(answer.body)
+        except ValidationError as exc:
+            raise BusProtocolError(f"bad answer on {subject}: {exc}") from exc
+
+    async def publish(
+        self,
+        subject: str,
+        body: Contract,
+        meta: RequestMeta,
+        *,
+        stream: str | None = None,
+        msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish ``body``; with ``stream``, wait for JetStream to store it."""
+        headers = meta.headers()
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        try:
+            await self.broker.publish(
+                body,
+                subject,
+                headers=headers,
+                correlation_id=meta.request_id,
+                stream=stream,
+                timeout=timeout if timeout is not None else self.default_timeout,
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise BusUnavailable(f"no stream stores {subject}") from exc
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            raise BusTimeout(f"publish to {subject} not acknowledged in time") from exc
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError) as exc:
+            raise BusUnavailable(f"bus unavailable: {exc!r}") from exc

@@ -1,0 +1,114 @@
+"""Find or start the real servers the integration tests need.
+
+Order for each server: an environment variable (CI points at the machine's
+servers), a private process from a local binary, a testcontainers container
+when a Docker engine answers, else the test is skipped with the reason.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from services.launcher.natsserver import NatsServer, free_port, wait_for_port
+
+NATS_IMAGE = os.environ.get("CHATBUS_TEST_NATS_IMAGE", "nats:2.11")
+POSTGRES_IMAGE = os.environ.get("CHATBUS_TEST_POSTGRES_IMAGE", "postgres:16")
+REDIS_IMAGE = os.environ.get("CHATBUS_TEST_REDIS_IMAGE", "redis:7")
+
+
+def docker_answers() -> str | None:
+    """Return None when a Docker engine answers, else why not."""
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:
+        return f"no Docker engine answers ({type(exc).__name__})"
+    return None
+
+
+@contextmanager
+def nats_server() -> Iterator[str]:
+    """Yield the URL of a NATS server with JetStream."""
+    if url := os.environ.get("CHATBUS_TEST_NATS_URL"):
+        yield url
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="chatbus-nats-") as tmp:
+            server = NatsServer(Path(tmp))
+            server.start()
+            try:
+                yield server.url
+            finally:
+                server.stop()
+            return
+    except FileNotFoundError:
+        pass
+    if reason := docker_answers():
+        raise SkipServer(f"NATS: no CHATBUS_TEST_NATS_URL, no nats-server binary, {reason}")
+    from testcontainers.community.nats import NatsContainer
+
+    with NatsContainer(NATS_IMAGE, jetstream=True) as container:
+        yield container.nats_uri()
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield an asyncpg SQLAlchemy URL of a Postgres database the tests may wipe."""
+    if url := os.environ.get("CHATBUS_TEST_POSTGRES_URL"):
+        yield url
+        return
+    if reason := docker_answers():
+        raise SkipServer(f"Postgres: no CHATBUS_TEST_POSTGRES_URL and {reason}")
+    from testcontainers.community.postgres import PostgresContainer
+
+    with PostgresContainer(POSTGRES_IMAGE, driver="asyncpg") as container:
+        yield container.get_connection_url()
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """Yield the URL of a Redis server the tests may flush."""
+    if url := os.environ.get("CHATBUS_TEST_REDIS_URL"):
+        yield url
+        return
+    if binary := shutil.which("redis-server"):
+        port = free_port()
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            if not wait_for_port(port, 10):
+                raise SkipServer("Redis: redis-server did not start")
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        return
+    if reason := docker_answers():
+        raise SkipServer(f"Redis: no CHATBUS_TEST_REDIS_URL, no redis-server binary, {reason}")
+    from testcontainers.community.redis import RedisContainer
+
+    with RedisContainer(REDIS_IMAGE) as container:
+        host = container.get_container_host_ip()
+        yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+
+
+class SkipServer(Exception):
+    """No way to get the server here; the message says why."""
+
+
+def port_open(host: str, port: int) -> bool:
+    """Tell whether a TCP port answers."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
