@@ -5,14 +5,17 @@ servers), a private process from a local binary, a testcontainers container
 when a Docker engine answers, else the test is skipped with the reason.
 """
 
+import importlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from services.launcher.natsserver import NatsServer, free_port, wait_for_port
 
@@ -51,7 +54,7 @@ def nats_server() -> Iterator[str]:
         pass
     if reason := docker_answers():
         raise SkipServer(f"NATS: no CHATBUS_TEST_NATS_URL, no nats-server binary, {reason}")
-    from testcontainers.community.nats import NatsContainer
+    NatsContainer = _container_class("nats", "NatsContainer")
 
     with NatsContainer(NATS_IMAGE, jetstream=True) as container:
         yield container.nats_uri()
@@ -65,7 +68,7 @@ def postgres_server() -> Iterator[str]:
         return
     if reason := docker_answers():
         raise SkipServer(f"Postgres: no CHATBUS_TEST_POSTGRES_URL and {reason}")
-    from testcontainers.community.postgres import PostgresContainer
+    PostgresContainer = _container_class("postgres", "PostgresContainer")
 
     with PostgresContainer(POSTGRES_IMAGE, driver="asyncpg") as container:
         yield container.get_connection_url()
@@ -94,11 +97,19 @@ def redis_server() -> Iterator[str]:
         return
     if reason := docker_answers():
         raise SkipServer(f"Redis: no CHATBUS_TEST_REDIS_URL, no redis-server binary, {reason}")
-    from testcontainers.community.redis import RedisContainer
+    RedisContainer = _container_class("redis", "RedisContainer")
 
     with RedisContainer(REDIS_IMAGE) as container:
         host = container.get_container_host_ip()
         yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+
+
+def _container_class(module: str, name: str) -> Any:
+    """Import a testcontainers class; its own deprecation warnings are not ours to fix."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mod = importlib.import_module(f"testcontainers.community.{module}")
+    return getattr(mod, name)
 
 
 class SkipServer(Exception):
