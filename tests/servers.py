@@ -83,7 +83,7 @@ def redis_server() -> Iterator[str]:
     if binary := shutil.which("redis-server"):
         port = free_port()
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
