@@ -68,11 +68,16 @@ class RequestMeta:
     def from_headers(cls, headers: Mapping[str, str] | None) -> "RequestMeta":
         """Read from NATS headers; a missing request id gets a fresh one."""
         headers = headers or {}
-        deadline = headers.get(subjects.HEADER_DEADLINE)
+        try:
+            deadline: float | None = float(headers.get(subjects.HEADER_DEADLINE) or "nan")
+        except ValueError:
+            deadline = None  # a garbled deadline is no deadline, not a reason to drop the message
+        if deadline is not None and deadline != deadline:
+            deadline = None
         return cls(
             request_id=headers.get(subjects.HEADER_REQUEST_ID) or uuid.uuid4().hex,
             user_id=headers.get(subjects.HEADER_USER_ID),
-            deadline=float(deadline) if deadline else None,
+            deadline=deadline,
         )
 
     def remaining(self, default: float) -> float:

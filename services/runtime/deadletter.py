@@ -3,6 +3,7 @@
 from typing import Any
 
 import structlog
+from nats.errors import NotJSMessageError
 
 from contracts import subjects
 from contracts.base import utcnow
@@ -23,7 +24,10 @@ class DeadLetterPublisher:
         """Dead-letter a raw NATS message with the reason; never raise."""
         raw = getattr(msg, "raw_message", msg)
         headers = {str(k): str(v) for k, v in (getattr(raw, "headers", None) or {}).items()}
-        metadata = getattr(raw, "metadata", None)
+        try:
+            metadata = getattr(raw, "metadata", None)
+        except NotJSMessageError:  # a core NATS request has no delivery count
+            metadata = None
         deliveries = getattr(metadata, "num_delivered", None) or 1
         letter = DeadLetter(
             service=self.service,

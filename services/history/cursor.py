@@ -1,0 +1,41 @@
+"""Opaque keyset cursors: the position of the last item of a page.
+
+A cursor is ``base64url("<kind>|<created_at iso>|<id>")``. The kind keeps a
+session cursor from being replayed against a message list.
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from services.history.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a newest-first page ended: items strictly older come next."""
+
+    created_at: datetime
+    id: UUID
+
+
+def encode_cursor(kind: str, position: Position) -> str:
+    """Render a position as an opaque token."""
+    raw = f"{kind}|{position.created_at.isoformat()}|{position.id.hex}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, token: str) -> Position:
+    """Parse a token made by :func:`encode_cursor`, or raise :class:`InvalidInput`."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        got_kind, created, ident = raw.split("|")
+        created_at = datetime.fromisoformat(created)
+        position = Position(created_at=created_at, id=UUID(hex=ident))
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("malformed cursor") from exc
+    if got_kind != kind or created_at.tzinfo is None:
+        raise InvalidInput("malformed cursor")
+    return position

@@ -1,0 +1,66 @@
+"""Domain errors of the history service and their one mapping to bus error codes.
+
+Hierarchy::
+
+    HistoryError
+     ├── NotFound            no such session for this user (missing or not theirs)
+     ├── Conflict            the session's state forbids the operation
+     ├── InvalidInput        a well-formed request with an unusable value (a cursor)
+     └── RetryableConflict   a concurrent writer won a race; the caller may retry
+
+Store-level races (``ActiveSessionExists``, ``DuplicateMessage``) are raised by
+the store and handled by the service; they never reach a reply.
+"""
+
+from contracts.base import BusError, ErrorCode
+
+
+class HistoryError(Exception):
+    """A request the history service refuses, with a message safe to show."""
+
+    code: ErrorCode = "internal"
+
+
+class NotFound(HistoryError):
+    """The session does not exist or belongs to another user."""
+
+    code: ErrorCode = "not_found"
+
+
+class Conflict(HistoryError):
+    """The operation conflicts with the resource's state."""
+
+    code: ErrorCode = "conflict"
+
+
+class InvalidInput(HistoryError):
+    """A value in the request cannot be used."""
+
+    code: ErrorCode = "invalid"
+
+
+class RetryableConflict(Conflict):
+    """Concurrent writers kept winning; the caller may try again."""
+
+
+class ActiveSessionExists(Exception):
+    """Another active session with the same user and persona was inserted concurrently."""
+
+
+class DuplicateMessage(Exception):
+    """A message with the same (job_id, role) already exists."""
+
+
+def to_bus_error(exc: HistoryError) -> BusError:
+    """Map a domain error to the error carried by a reply."""
+    return BusError(code=exc.code, message=str(exc)[:2000])
+
+
+def invalid(message: str) -> BusError:
+    """Build the error of a request that failed contract validation."""
+    return BusError(code="invalid", message=message[:2000])
+
+
+def internal() -> BusError:
+    """Build the error of an unexpected failure, without internals."""
+    return BusError(code="internal", message="internal error in the history service")

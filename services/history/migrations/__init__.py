@@ -1,0 +1,1 @@
+"""Alembic migrations of the history service (run through ``services.history.db.migrate``)."""

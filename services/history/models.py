@@ -1,0 +1,111 @@
+"""Tables of the history service.
+
+Tables live in the Postgres schema ``history``; on SQLite, which has no
+schemas, the engine translates that schema away (see ``db.make_engine``), so
+the one set of tables serves both backends.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+
+SCHEMA = "history"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store aware datetimes as UTC and read them back aware, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite keeps text; one fixed naive UTC format keeps comparisons and ordering right.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(schema=SCHEMA)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", String(256), nullable=False),
+    Column("persona", String(64), nullable=False),
+    Column("title", String(200)),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("archived_at", UTCDateTime),
+    Column("message_count", Integer, nullable=False, server_default="0"),
+    CheckConstraint("status IN ('active', 'archived')", name="ck_sessions_status"),
+)
+Index(
+    "ix_sessions_user_created",
+    sessions.c.user_id,
+    sessions.c.created_at.desc(),
+    sessions.c.id.desc(),
+)
+Index("ix_sessions_user_persona_status", sessions.c.user_id, sessions.c.persona, sessions.c.status)
+# At most one active session per user and persona, even under concurrent creates.
+Index(
+    "uq_sessions_one_active",
+    sessions.c.user_id,
+    sessions.c.persona,
+    unique=True,
+    postgresql_where=text("status = 'active'"),
+    sqlite_where=text("status = 'active'"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("session_id", Uuid, ForeignKey(sessions.c.id, ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("job_id", Uuid),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("job_id", "role", name="uq_messages_job_role"),
+    CheckConstraint("role IN ('user', 'assistant')", name="ck_messages_role"),
+)
+Index(
+    "ix_messages_session_created",
+    messages.c.session_id,
+    messages.c.created_at.desc(),
+    messages.c.id.desc(),
+)
+Index(
+    "ix_messages_user_created",
+    messages.c.user_id,
+    messages.c.created_at.desc(),
+    messages.c.id.desc(),
+)

@@ -1,0 +1,156 @@
+"""Persistence of sessions and messages: queries only, no rules."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts.history import MessageRecord, Role, SessionRecord, SessionStatus
+from services.history.cursor import Position
+from services.history.db import WRITE_OPTION
+from services.history.errors import ActiveSessionExists, DuplicateMessage
+from services.history.models import messages, sessions
+
+
+class Store:
+    """Open read or write transactions on the history database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator["Tx"]:
+        """Run queries in one read transaction."""
+        async with self.engine.begin() as conn:
+            yield Tx(conn)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator["Tx"]:
+        """Run queries in one write transaction, committed when the block exits cleanly."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                yield Tx(conn)
+
+
+class Tx:
+    """The queries of one transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def get_session(self, session_id: UUID, *, lock: bool = False) -> SessionRecord | None:
+        """Return a session by id; ``lock`` holds its row until the transaction ends."""
+        query = select(sessions).where(sessions.c.id == session_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).mappings().first()
+        return _session(row) if row else None
+
+    async def lock_persona(self, user_id: str, persona: str) -> None:
+        """Hold a lock on the user's persona until the transaction ends (Postgres only)."""
+        if self.conn.dialect.name == "postgresql":
+            key = func.hashtextextended(f"history.session:{user_id}:{persona}", 0)
+            await self.conn.execute(select(func.pg_advisory_xact_lock(key)))
+        # SQLite write transactions begin IMMEDIATE: they are serialised already.
+
+    async def archive_active(self, user_id: str, persona: str, at: datetime) -> list[SessionRecord]:
+        """Archive the user's active sessions with the persona and return them."""
+        query = (
+            update(sessions)
+            .where(
+                sessions.c.user_id == user_id,
+                sessions.c.persona == persona,
+                sessions.c.status == "active",
+            )
+            .values(status="archived", archived_at=at, updated_at=at)
+            .returning(*sessions.c)
+        )
+        rows = (await self.conn.execute(query)).mappings().all()
+        return [_session(row) for row in rows]
+
+    async def insert_session(self, record: SessionRecord) -> None:
+        """Insert a session, or raise :class:`ActiveSessionExists` on a concurrent create."""
+        try:
+            await self.conn.execute(insert(sessions).values(**_columns(record)))
+        except IntegrityError as exc:
+            raise ActiveSessionExists(record.user_id, record.persona) from exc
+
+    async def list_sessions(
+        self,
+        user_id: str,
+        *,
+        status: SessionStatus | None,
+        persona: str | None,
+        after: Position | None,
+        limit: int,
+    ) -> list[SessionRecord]:
+        """Return up to ``limit`` sessions older than ``after``, newest first."""
+        query = select(sessions).where(sessions.c.user_id == user_id)
+        if status is not None:
+            query = query.where(sessions.c.status == status)
+        if persona is not None:
+            query = query.where(sessions.c.persona == persona)
+        query = _page(query, sessions.c, after, limit)
+        rows = (await self.conn.execute(query)).mappings().all()
+        return [_session(row) for row in rows]
+
+    async def get_message(self, job_id: UUID, role: Role) -> MessageRecord | None:
+        """Return the message a job stored with the role, if any."""
+        query = select(messages).where(messages.c.job_id == job_id, messages.c.role == role)
+        row = (await self.conn.execute(query)).mappings().first()
+        return _message(row) if row else None
+
+    async def insert_message(self, record: MessageRecord) -> None:
+        """Insert a message, or raise :class:`DuplicateMessage` if its (job, role) exists."""
+        try:
+            await self.conn.execute(insert(messages).values(**_columns(record)))
+        except IntegrityError as exc:
+            raise DuplicateMessage(record.job_id, record.role) from exc
+
+    async def count_message(self, session_id: UUID, at: datetime) -> None:
+        """Add one to the session's message count and move its ``updated_at``."""
+        await self.conn.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(message_count=sessions.c.message_count + 1, updated_at=at)
+        )
+
+    async def list_messages(
+        self, session_id: UUID, *, after: Position | None, limit: int
+    ) -> list[MessageRecord]:
+        """Return up to ``limit`` messages of a session older than ``after``, newest first."""
+        query = _page(
+            select(messages).where(messages.c.session_id == session_id), messages.c, after, limit
+        )
+        rows = (await self.conn.execute(query)).mappings().all()
+        return [_message(row) for row in rows]
+
+
+def _page(query: Select[Any], columns: Any, after: Position | None, limit: int) -> Select[Any]:
+    """Order newest first and keep the rows strictly after the cursor position."""
+    if after is not None:
+        query = query.where(
+            or_(
+                columns.created_at < after.created_at,
+                and_(columns.created_at == after.created_at, columns.id < after.id),
+            )
+        )
+    return query.order_by(columns.created_at.desc(), columns.id.desc()).limit(limit)
+
+
+def _columns(record: SessionRecord | MessageRecord) -> dict[str, Any]:
+    return record.model_dump(exclude={"schema_version"})
+
+
+def _session(row: Any) -> SessionRecord:
+    return SessionRecord.model_validate(dict(row))
+
+
+def _message(row: Any) -> MessageRecord:
+    return MessageRecord.model_validate(dict(row))

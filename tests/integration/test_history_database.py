@@ -1,0 +1,127 @@
+"""History's database layer on real SQLite and Postgres: rules and migrations.
+
+The rule tests are the unit tier's, collected again here with ``database_url``
+pointing at each backend in turn.
+"""
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Executable, func, insert, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from contracts.base import utcnow
+from services.history.db import make_engine, migrate
+from services.history.models import sessions
+from tests.unit.test_history_service import (  # noqa: F401  (collected again here)
+    publisher,
+    service,
+    test_append_is_idempotent_on_job_and_role,
+    test_archived_session_refuses_user_but_keeps_assistant_messages,
+    test_concurrent_creates_leave_exactly_one_active_session,
+    test_concurrent_duplicate_appends_store_one_message,
+    test_create_archives_previous_session_of_same_persona,
+    test_create_succeeds_when_the_event_cannot_be_published,
+    test_malformed_cursor_is_invalid,
+    test_message_pages_stay_stable_while_messages_arrive,
+    test_session_pages_stay_stable_and_filter,
+    test_sessions_are_invisible_to_other_users,
+    test_timestamps_come_back_aware_utc,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def drop_history_schema(database_url: str) -> None:
+    """Drop the schema history owns, so the test migrates a fresh database."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA IF EXISTS history CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/history.db"
+    url = str(request.getfixturevalue("postgres_url"))
+    await drop_history_schema(url)
+    return url
+
+
+async def _scalar(url: str, sql: str | Executable) -> object:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(text(sql) if isinstance(sql, str) else sql)).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+def _version_table(backend: str) -> str:
+    return "history.alembic_version" if backend == "postgres" else "history_alembic_version"
+
+
+async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> None:
+    await migrate(database_url)
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(sessions).values(
+                    id=uuid.uuid4(),
+                    user_id="u",
+                    persona="p",
+                    status="active",
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+    finally:
+        await engine.dispose()
+
+    await migrate(database_url)
+
+    assert await _scalar(database_url, select(func.count()).select_from(sessions)) == 1
+    assert await _scalar(database_url, f"SELECT version_num FROM {_version_table(backend)}") == (
+        "0001"
+    )
+
+
+async def test_replicas_migrating_at_once_do_not_race(database_url: str, backend: str) -> None:
+    await asyncio.gather(*(migrate(database_url) for _ in range(4)))
+    assert await _scalar(database_url, f"SELECT count(*) FROM {_version_table(backend)}") == 1
+
+
+async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/missing/dir/shared.db"
+    engine = make_engine(url)
+    (tmp_path / "missing" / "dir").mkdir(parents=True)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+            await conn.execute(text("INSERT INTO alembic_version VALUES ('other-service')"))
+    finally:
+        await engine.dispose()
+
+    await migrate(url)
+
+    assert await _scalar(url, "SELECT version_num FROM alembic_version") == "other-service"
+    assert await _scalar(url, "SELECT version_num FROM history_alembic_version") == "0001"
+    assert await _scalar(url, "SELECT count(*) FROM messages") == 0
+
+
+async def test_migrate_creates_the_sqlite_directory(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/a/b/history.db"
+    await migrate(url)
+    assert (tmp_path / "a" / "b" / "history.db").exists()

@@ -1,0 +1,158 @@
+"""History handlers through FastStream's in-memory broker: reply shapes and bad input."""
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream.nats import JStream, NatsBroker, NatsMessage, TestNatsBroker
+
+from contracts import subjects
+from contracts.base import Contract, Ping, Pong, Reply
+from contracts.deadletter import DeadLetter
+from contracts.history import (
+    AppendMessage,
+    CreateSession,
+    GetSession,
+    ListMessages,
+    ListSessions,
+    MessagePage,
+    MessageReply,
+    SessionPage,
+    SessionReply,
+)
+from services.history.db import make_engine, migrate
+from services.history.service import HistoryService
+from services.history.store import Store
+from services.history.subscribers import build_router
+from services.runtime.bus import BusClient, RequestMeta
+from services.runtime.deadletter import DeadLetterPublisher
+
+TIMEOUT = 5.0
+
+
+class ExplodingService(HistoryService):
+    """A service whose session lookup hits a bug."""
+
+    async def get_session(self, req: GetSession, meta: RequestMeta) -> SessionReply:
+        raise RuntimeError("password=hunter2 in a stack trace")
+
+
+class Harness:
+    def __init__(self, broker: NatsBroker) -> None:
+        self.broker = broker
+        self.dead: list[DeadLetter] = []
+
+    async def ask(self, subject: str, body: Contract | bytes, reply: type[Reply]) -> Any:
+        answer = await self.broker.request(body, subject, timeout=TIMEOUT)
+        return reply.model_validate_json(answer.body)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
+    await migrate(url)
+    engine = make_engine(url)
+    broker = NatsBroker()
+    bus = BusClient(broker, TIMEOUT)
+    service = ExplodingService(Store(engine), bus, instance="unit-1")
+    broker.include_router(build_router(service, DeadLetterPublisher(bus, "history")))
+    harness = Harness(broker)
+
+    # A stream publish reaches only subscribers of that stream, in the test broker too.
+    @broker.subscriber(
+        subjects.deadletter("history"),
+        stream=JStream(subjects.DEADLETTER_STREAM.name, declare=False),
+    )
+    async def capture(msg: NatsMessage) -> None:
+        harness.dead.append(DeadLetter.model_validate_json(msg.body))
+
+    try:
+        async with TestNatsBroker(broker):
+            yield harness
+    finally:
+        await engine.dispose()
+
+
+async def test_every_subject_answers_with_its_reply_model(harness: Harness) -> None:
+    pong = await harness.ask(subjects.HISTORY_PING, Ping(), Pong)
+    assert pong == Pong(service="history", instance="unit-1")
+
+    created = await harness.ask(
+        subjects.HISTORY_SESSION_CREATE, CreateSession(user_id="u", persona="p"), SessionReply
+    )
+    assert created.error is None and created.session.persona == "p"
+    session_id = created.session.id
+
+    page = await harness.ask(subjects.HISTORY_SESSION_LIST, ListSessions(user_id="u"), SessionPage)
+    assert [s.id for s in page.items] == [session_id] and page.next_cursor is None
+
+    job = uuid.uuid4()
+    append = AppendMessage(
+        user_id="u", session_id=session_id, job_id=job, role="user", content="hello"
+    )
+    stored = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
+    assert stored.created and stored.message.content == "hello"
+    again = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
+    assert not again.created and again.message == stored.message
+
+    messages = await harness.ask(
+        subjects.HISTORY_MESSAGE_LIST,
+        ListMessages(user_id="u", session_id=session_id),
+        MessagePage,
+    )
+    assert messages.items == (stored.message,)
+    assert harness.dead == []
+
+
+async def test_domain_errors_become_error_replies(harness: Harness) -> None:
+    missing = await harness.ask(
+        subjects.HISTORY_MESSAGE_LIST,
+        ListMessages(user_id="u", session_id=uuid.uuid4()),
+        MessagePage,
+    )
+    assert missing.error.code == "not_found" and missing.items == ()
+
+    bad_cursor = await harness.ask(
+        subjects.HISTORY_SESSION_LIST, ListSessions(user_id="u", cursor="nope"), SessionPage
+    )
+    assert bad_cursor.error.code == "invalid"
+    assert harness.dead == []  # a valid request with a bad value is not a dead letter
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{not json", "body"),
+        (b'{"user_id": "u", "persona": "p", "admin": true}', "admin"),
+        (b'{"user_id": 42, "persona": "p"}', "user_id"),
+        (b'{"user_id": "u", "persona": "no spaces allowed"}', "persona"),
+    ],
+)
+async def test_malformed_request_is_answered_invalid_and_dead_lettered(
+    harness: Harness, body: bytes, field: str
+) -> None:
+    reply = await harness.ask(subjects.HISTORY_SESSION_CREATE, body, SessionReply)
+    assert reply.session is None
+    assert reply.error.code == "invalid"
+    assert field in reply.error.message and "CreateSession" in reply.error.message
+
+    assert len(harness.dead) == 1
+    letter = harness.dead[0]
+    assert letter.service == "history"
+    assert letter.subject == subjects.HISTORY_SESSION_CREATE
+    assert letter.payload == body.decode()
+    # The service still answers afterwards.
+    pong = await harness.ask(subjects.HISTORY_PING, Ping(), Pong)
+    assert pong.error is None
+
+
+async def test_unexpected_failure_is_internal_without_details(harness: Harness) -> None:
+    reply = await harness.ask(
+        subjects.HISTORY_SESSION_GET,
+        GetSession(user_id="u", session_id=uuid.uuid4()),
+        SessionReply,
+    )
+    assert reply.error.code == "internal"
+    assert "hunter2" not in reply.error.message and "RuntimeError" not in reply.error.message

@@ -1,0 +1,305 @@
+"""Rules of the history service against a real store (SQLite here; the integration
+tier runs the same tests against Postgres by overriding ``database_url``)."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts import subjects
+from contracts.base import Contract
+from contracts.history import (
+    AppendMessage,
+    CreateSession,
+    GetSession,
+    ListMessages,
+    ListSessions,
+    MessageRecord,
+    SessionRecord,
+)
+from contracts.sessions import SessionArchived
+from services.history.db import make_engine, migrate
+from services.history.errors import Conflict, InvalidInput, NotFound
+from services.history.service import HistoryService
+from services.history.store import Store
+from services.runtime.bus import BusUnavailable, RequestMeta
+
+META = RequestMeta(request_id="req-1", user_id="alice")
+
+
+@dataclass
+class Published:
+    subject: str
+    body: Contract
+    meta: RequestMeta
+    stream: str | None
+    msg_id: str | None
+
+
+@dataclass
+class RecordingPublisher:
+    """Keep what would go on the bus; fail on demand."""
+
+    sent: list[Published] = field(default_factory=list)
+    fail: bool = False
+
+    async def publish(
+        self,
+        subject: str,
+        body: Contract,
+        meta: RequestMeta,
+        *,
+        stream: str | None = None,
+        msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if self.fail:
+            raise BusUnavailable("bus down")
+        self.sent.append(Published(subject, body, meta, stream, msg_id))
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path}/nested/history.db"
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+async def service(database_url: str, publisher: RecordingPublisher) -> AsyncIterator[Any]:
+    await migrate(database_url)
+    engine = make_engine(database_url)
+    try:
+        yield HistoryService(Store(engine), publisher, instance="test")
+    finally:
+        await engine.dispose()
+
+
+async def _create(
+    service: HistoryService, user: str = "alice", persona: str = "p1", title: str | None = None
+) -> SessionRecord:
+    reply = await service.create_session(
+        CreateSession(user_id=user, persona=persona, title=title), META
+    )
+    assert reply.error is None and reply.session is not None
+    return reply.session
+
+
+async def _append(
+    service: HistoryService,
+    session: SessionRecord,
+    role: str = "user",
+    job: uuid.UUID | None = None,
+    content: str = "hi",
+    user: str | None = None,
+) -> tuple[MessageRecord, bool]:
+    reply = await service.append_message(
+        AppendMessage(
+            user_id=user or session.user_id,
+            session_id=session.id,
+            job_id=job or uuid.uuid4(),
+            role=role,  # type: ignore[arg-type]
+            content=content,
+        ),
+        META,
+    )
+    assert reply.error is None and reply.message is not None
+    return reply.message, reply.created
+
+
+async def _get(service: HistoryService, session: SessionRecord) -> SessionRecord:
+    reply = await service.get_session(
+        GetSession(user_id=session.user_id, session_id=session.id), META
+    )
+    assert reply.session is not None
+    return reply.session
+
+
+async def test_create_archives_previous_session_of_same_persona(
+    service: HistoryService, publisher: RecordingPublisher
+) -> None:
+    first = await _create(service, title="first")
+    other_persona = await _create(service, persona="p2")
+    other_user = await _create(service, user="bob")
+    assert publisher.sent == []
+
+    second = await _create(service)
+
+    old = await _get(service, first)
+    assert old.status == "archived" and old.archived_at is not None
+    assert old.archived_at.tzinfo is not None and old.archived_at.utcoffset().total_seconds() == 0
+    assert (await _get(service, second)).status == "active"
+    assert (await _get(service, other_persona)).status == "active"
+    assert (await _get(service, other_user)).status == "active"
+    assert len(publisher.sent) == 1
+    sent = publisher.sent[0]
+    assert sent.subject == subjects.SESSION_ARCHIVED
+    assert sent.stream == subjects.SESSION_EVENTS_STREAM.name
+    assert sent.msg_id == f"{first.id}.archived"
+    assert sent.meta == META
+    assert sent.body == SessionArchived(
+        session_id=first.id, user_id="alice", persona="p1", archived_at=old.archived_at
+    )
+
+
+async def test_create_succeeds_when_the_event_cannot_be_published(
+    service: HistoryService, publisher: RecordingPublisher
+) -> None:
+    first = await _create(service)
+    publisher.fail = True
+    second = await _create(service)
+    assert (await _get(service, first)).status == "archived"
+    assert (await _get(service, second)).status == "active"
+
+
+async def test_concurrent_creates_leave_exactly_one_active_session(
+    service: HistoryService, publisher: RecordingPublisher
+) -> None:
+    created = await asyncio.gather(*(_create(service) for _ in range(5)))
+    page = await service.list_sessions(ListSessions(user_id="alice", persona="p1"), META)
+    assert {s.id for s in page.items} == {s.id for s in created}
+    assert [s.status for s in page.items].count("active") == 1
+    archived = {s.id for s in page.items if s.status == "archived"}
+    assert {p.body.session_id for p in publisher.sent} == archived  # type: ignore[attr-defined]
+    assert len(publisher.sent) == 4
+
+
+async def test_sessions_are_invisible_to_other_users(service: HistoryService) -> None:
+    session = await _create(service)
+    for request in (
+        GetSession(user_id="mallory", session_id=session.id),
+        GetSession(user_id="alice", session_id=uuid.uuid4()),
+    ):
+        with pytest.raises(NotFound) as missing:
+            await service.get_session(request, META)
+        assert str(missing.value) == "no such session"
+    with pytest.raises(NotFound):
+        await _append(service, session, user="mallory")
+    with pytest.raises(NotFound):
+        await service.list_messages(ListMessages(user_id="mallory", session_id=session.id), META)
+    page = await service.list_sessions(ListSessions(user_id="mallory"), META)
+    assert page.items == ()
+
+
+async def test_append_is_idempotent_on_job_and_role(service: HistoryService) -> None:
+    session = await _create(service)
+    job = uuid.uuid4()
+    first, created = await _append(service, session, job=job, content="hello")
+    again, created_again = await _append(service, session, job=job, content="changed")
+    reply, _ = await _append(service, session, role="assistant", job=job, content="answer")
+
+    assert created and not created_again
+    assert again == first and again.content == "hello"
+    assert reply.id != first.id
+    stored = await _get(service, session)
+    assert stored.message_count == 2
+    assert stored.updated_at >= reply.created_at > session.updated_at
+
+
+async def test_concurrent_duplicate_appends_store_one_message(service: HistoryService) -> None:
+    session = await _create(service)
+    job = uuid.uuid4()
+    results = await asyncio.gather(*(_append(service, session, job=job) for _ in range(10)))
+    assert sum(created for _, created in results) == 1
+    assert len({message.id for message, _ in results}) == 1
+    assert (await _get(service, session)).message_count == 1
+    page = await service.list_messages(ListMessages(user_id="alice", session_id=session.id), META)
+    assert len(page.items) == 1
+
+
+async def test_archived_session_refuses_user_but_keeps_assistant_messages(
+    service: HistoryService,
+) -> None:
+    old = await _create(service)
+    job = uuid.uuid4()
+    await _append(service, old, job=job)
+    await _create(service)  # archives ``old``
+
+    with pytest.raises(Conflict):
+        await _append(service, old, role="user")
+    reply, created = await _append(service, old, role="assistant", job=job)
+    assert created and reply.role == "assistant"
+    # A redelivered user message of a job that already stored it is still answered.
+    _, created_again = await _append(service, old, role="user", job=job)
+    assert not created_again
+    assert (await _get(service, old)).message_count == 2
+
+
+async def test_message_pages_stay_stable_while_messages_arrive(service: HistoryService) -> None:
+    session = await _create(service)
+    originals = [(await _append(service, session, content=f"m{i}"))[0] for i in range(7)]
+    expected = [m.id for m in reversed(originals)]
+
+    seen: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = await service.list_messages(
+            ListMessages(user_id="alice", session_id=session.id, limit=3, cursor=cursor), META
+        )
+        assert page.error is None
+        seen += [m.id for m in page.items]
+        await _append(service, session, content="arrived between pages")
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == expected
+    times = [m.created_at for m in originals]
+    assert all(t.tzinfo is UTC or t.utcoffset().total_seconds() == 0 for t in times)
+
+
+async def test_session_pages_stay_stable_and_filter(service: HistoryService) -> None:
+    made = [await _create(service, persona=f"p{i % 3}") for i in range(8)]
+    active = {s.id for s in made[-3:]}
+
+    seen: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = await service.list_sessions(
+            ListSessions(user_id="alice", limit=3, cursor=cursor), META
+        )
+        seen += [s.id for s in page.items]
+        await _create(service, persona="late")
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [s.id for s in reversed(made)]
+
+    page = await service.list_sessions(ListSessions(user_id="alice", status="active"), META)
+    assert active <= {s.id for s in page.items}
+    assert all(s.status == "active" for s in page.items)
+    page = await service.list_sessions(
+        ListSessions(user_id="alice", persona="p1", status="archived"), META
+    )
+    assert [s.id for s in page.items] == [made[4].id, made[1].id]
+
+
+async def test_malformed_cursor_is_invalid(service: HistoryService) -> None:
+    session = await _create(service)
+    with pytest.raises(InvalidInput):
+        await service.list_sessions(ListSessions(user_id="alice", cursor="garbage"), META)
+    first = await service.list_sessions(ListSessions(user_id="alice", limit=1), META)
+    await _create(service)
+    page = await service.list_sessions(ListSessions(user_id="alice", limit=1), META)
+    assert page.next_cursor is not None
+    with pytest.raises(InvalidInput):
+        # A session cursor is not a message cursor.
+        await service.list_messages(
+            ListMessages(user_id="alice", session_id=session.id, cursor=page.next_cursor), META
+        )
+    assert first.next_cursor is None
+
+
+async def test_timestamps_come_back_aware_utc(service: HistoryService) -> None:
+    session = await _create(service)
+    stored = await _get(service, session)
+    assert stored == session
+    assert stored.created_at.tzinfo is not None
+    assert stored.created_at.astimezone(UTC) == session.created_at
