@@ -29,7 +29,12 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
         foreign_pre_chain=[*_SHARED, structlog.processors.add_log_level],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks if fmt == "json" else _keep,
+            # Locals stay out of tracebacks: they can hold tokens, secrets and message content.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+            if fmt == "json"
+            else _keep,
             renderer,
         ],
     )

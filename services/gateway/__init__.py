@@ -1,0 +1,1 @@
+"""The HTTP gateway: authenticates, validates, and turns REST calls into bus traffic."""

@@ -1,0 +1,1 @@
+"""The gateway's HTTP edges, one router per resource."""

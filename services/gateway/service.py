@@ -1,0 +1,266 @@
+"""What the gateway does for a caller, over the bus and the job bucket (no HTTP here)."""
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TypeVar
+from uuid import UUID
+
+import structlog
+
+from contracts import subjects
+from contracts.base import Contract, ErrorCode, Ping, Pong, Reply, utcnow
+from contracts.chat import JobError, JobState, RequestChat
+from contracts.history import (
+    AppendMessage,
+    CreateSession,
+    GetSession,
+    ListMessages,
+    ListSessions,
+    MessagePage,
+    MessageReply,
+    SessionPage,
+    SessionRecord,
+    SessionReply,
+    SessionStatus,
+)
+from services.gateway.bus import GatewayBus
+from services.gateway.errors import (
+    Conflict,
+    ContentTooLarge,
+    GatewayError,
+    NotFound,
+    from_reply,
+)
+from services.runtime.bus import BusError, BusProtocolError, BusTimeout, BusUnavailable, RequestMeta
+
+R = TypeVar("R", bound=Reply)
+C = TypeVar("C", bound=Contract)
+log = structlog.get_logger("chatbus.gateway")
+
+# Idempotency keys map to job ids through this namespace, scoped by user.
+IDEMPOTENCY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://chatbus/idempotency-key")
+READY_SERVICES = {
+    "history": subjects.HISTORY_PING,
+    "agent": subjects.AGENT_PING,
+    "memory": subjects.MEMORY_PING,
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, and the id of the HTTP request that asks."""
+
+    user_id: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The job a posted message became; ``created`` is False for an idempotent repeat."""
+
+    job: JobState
+    created: bool
+
+
+def job_id_for(user_id: str, idempotency_key: str | None) -> UUID:
+    """Derive the job id from the user's idempotency key, or pick a fresh one."""
+    if idempotency_key is None:
+        return uuid.uuid4()
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{user_id}:{idempotency_key}")
+
+
+class GatewayService:
+    """Sessions, messages and jobs of one caller at a time, over a :class:`GatewayBus`."""
+
+    def __init__(
+        self, bus: GatewayBus, *, timeout: float, max_content_bytes: int, ready_timeout: float
+    ) -> None:
+        self.bus = bus
+        self.timeout = timeout
+        self.max_content_bytes = max_content_bytes
+        self.ready_timeout = ready_timeout
+
+    async def create_session(
+        self, caller: Caller, persona: str, title: str | None
+    ) -> SessionRecord:
+        """Create a session; history archives the caller's previous active one of the persona."""
+        body = CreateSession(user_id=caller.user_id, persona=persona, title=title)
+        reply = await self._ask(caller, subjects.HISTORY_SESSION_CREATE, body, SessionReply)
+        return _required(reply.session, subjects.HISTORY_SESSION_CREATE)
+
+    async def get_session(self, caller: Caller, session_id: UUID) -> SessionRecord:
+        """Return one of the caller's sessions."""
+        body = GetSession(user_id=caller.user_id, session_id=session_id)
+        reply = await self._ask(caller, subjects.HISTORY_SESSION_GET, body, SessionReply)
+        session = _required(reply.session, subjects.HISTORY_SESSION_GET)
+        if session.user_id != caller.user_id:
+            raise NotFound("no such session")
+        return session
+
+    async def list_sessions(
+        self,
+        caller: Caller,
+        status: SessionStatus | None,
+        persona: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SessionPage:
+        """Return a page of the caller's sessions, newest first."""
+        body = ListSessions(
+            user_id=caller.user_id, status=status, persona=persona, limit=limit, cursor=cursor
+        )
+        return await self._ask(caller, subjects.HISTORY_SESSION_LIST, body, SessionPage)
+
+    async def list_messages(
+        self, caller: Caller, session_id: UUID, limit: int, cursor: str | None
+    ) -> MessagePage:
+        """Return a page of a session's messages, newest first."""
+        body = ListMessages(
+            user_id=caller.user_id, session_id=session_id, limit=limit, cursor=cursor
+        )
+        return await self._ask(caller, subjects.HISTORY_MESSAGE_LIST, body, MessagePage)
+
+    async def get_job(self, caller: Caller, job_id: UUID) -> JobState:
+        """Return one of the caller's jobs."""
+        found = await self.bus.get_job(job_id)
+        if found is None or found[0].user_id != caller.user_id:
+            raise NotFound("no such job")
+        return found[0]
+
+    async def submit_message(
+        self, caller: Caller, session_id: UUID, content: str, idempotency_key: str | None
+    ) -> Submission:
+        """Store the user's message and queue the job that answers it, at most once per key."""
+        if len(content.encode()) > self.max_content_bytes:
+            raise ContentTooLarge(f"content is over {self.max_content_bytes} bytes")
+        job_id = job_id_for(caller.user_id, idempotency_key)
+        if idempotency_key is not None and (found := await self.bus.get_job(job_id)):
+            return Submission(self._owned(found[0], caller), created=False)
+        session = await self.get_session(caller, session_id)
+        if session.status != "active":
+            raise Conflict("the session is archived")
+        job = JobState(
+            id=job_id,
+            user_id=caller.user_id,
+            session_id=session_id,
+            status="queued",
+            attempts=0,
+            created_at=utcnow(),
+        )
+        revision = await self.bus.create_job(job)
+        if revision is None:  # a concurrent request with the same key won the race
+            return Submission(await self.get_job(caller, job_id), created=False)
+        try:
+            await self._enqueue(caller, job, session, content)
+        except Exception as exc:
+            await self._fail(job, revision, exc)
+            if isinstance(exc, BusTimeout | BusUnavailable):
+                raise BusUnavailable(f"could not queue the job: {exc}") from exc
+            raise
+        return Submission(job, created=True)
+
+    async def wait_for(self, job: JobState, seconds: float) -> JobState:
+        """Wait up to ``seconds`` for the job to end; return its latest known state."""
+        if job.finished or seconds <= 0:
+            return job
+        try:
+            latest = await self.bus.watch_job(job.id, seconds)
+        except BusError as exc:
+            # The job is queued either way; the client can still poll it.
+            log.warning("could not watch the job", job_id=str(job.id), error=str(exc))
+            return job
+        return latest or job
+
+    async def readiness(self, request_id: str) -> dict[str, str]:
+        """Ping every service the gateway needs, at once; name each one's state."""
+        if not self.bus.connected:
+            return {"nats": "down", **{name: "down: bus unavailable" for name in READY_SERVICES}}
+        names = list(READY_SERVICES)
+        states = await asyncio.gather(
+            *(self._ping(READY_SERVICES[name], request_id) for name in names)
+        )
+        return {"nats": "ok", **dict(zip(names, states, strict=True))}
+
+    async def _ping(self, subject: str, request_id: str) -> str:
+        meta = RequestMeta(request_id, None, time.time() + self.ready_timeout)
+        try:
+            reply = await self.bus.request(subject, Ping(), Pong, meta, self.ready_timeout)
+        except BusUnavailable:
+            return "down: no responders"
+        except BusTimeout:
+            return "down: timeout"
+        except BusError as exc:
+            return f"down: {type(exc).__name__}"
+        return "ok" if reply.error is None else f"down: {reply.error.code}"
+
+    async def _enqueue(
+        self, caller: Caller, job: JobState, session: SessionRecord, content: str
+    ) -> None:
+        append = AppendMessage(
+            user_id=caller.user_id,
+            session_id=job.session_id,
+            job_id=job.id,
+            role="user",
+            content=content,
+        )
+        reply = await self._ask(caller, subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
+        message = _required(reply.message, subjects.HISTORY_MESSAGE_APPEND)
+        command = RequestChat(
+            job_id=job.id,
+            user_id=caller.user_id,
+            session_id=job.session_id,
+            persona=session.persona,
+            message_id=message.id,
+            content=content,
+            created_at=job.created_at,
+        )
+        await self.bus.publish(
+            subjects.CHAT_REQUESTED,
+            command,
+            self._meta(caller),
+            stream=subjects.CHAT_JOBS_STREAM.name,
+            msg_id=str(job.id),
+            timeout=self.timeout,
+        )
+
+    async def _fail(self, job: JobState, revision: int, exc: Exception) -> None:
+        """Mark a job that could not be queued as failed, unless someone moved it on already."""
+        code: ErrorCode = "internal"
+        if isinstance(exc, GatewayError):
+            code = exc.code
+        elif isinstance(exc, BusUnavailable | BusTimeout):
+            code = "unavailable"
+        failed = job.model_copy(
+            update={
+                "status": "failed",
+                "error": JobError(code=code, message=f"could not queue the job: {exc}"[:2000]),
+                "finished_at": utcnow(),
+            }
+        )
+        try:
+            await self.bus.update_job(failed, revision)
+        except BusError as err:
+            log.warning("could not mark the job failed", job_id=str(job.id), error=str(err))
+
+    async def _ask(self, caller: Caller, subject: str, body: Contract, reply_type: type[R]) -> R:
+        reply = await self.bus.request(subject, body, reply_type, self._meta(caller), self.timeout)
+        if reply.error is not None:
+            raise from_reply(reply.error)
+        return reply
+
+    def _meta(self, caller: Caller) -> RequestMeta:
+        return RequestMeta(caller.request_id, caller.user_id, time.time() + self.timeout)
+
+    @staticmethod
+    def _owned(job: JobState, caller: Caller) -> JobState:
+        if job.user_id != caller.user_id:
+            raise NotFound("no such job")
+        return job
+
+
+def _required(value: C | None, subject: str) -> C:
+    if value is None:
+        raise BusProtocolError(f"{subject} answered neither a result nor an error")
+    return value
