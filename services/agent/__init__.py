@@ -1,0 +1,1 @@
+"""The agent: runs chat jobs from JetStream through an OpenAI-compatible model."""

@@ -1,0 +1,64 @@
+"""Settings of the agent, read once from the environment."""
+
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from services.runtime.config import ServiceSettings
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are {persona}, a helpful assistant. Answer clearly and briefly, "
+    "and use the earlier messages of the conversation as context."
+)
+PLACEHOLDER_API_KEY = "not-needed"  # the SDK insists on a key even for keyless local servers
+
+
+class Settings(ServiceSettings):
+    """Where the model is, and how many jobs run at once and how often they are retried."""
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout: float = Field(default=60.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0)
+    agent_concurrency: int = Field(default=200, ge=1, description="jobs in flight per replica")
+    agent_ack_wait: float = Field(default=30.0, gt=0)
+    agent_max_attempts: int = Field(default=3, ge=1)
+    agent_context_messages: int = Field(default=20, ge=0, le=199)
+    agent_system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    agent_retry_delay: float = Field(default=2.0, ge=0, description="nak delay before a retry")
+    agent_fetch_batch: int = Field(default=10, ge=1, description="messages per pull request")
+    agent_extra_deliveries: int = Field(default=3, ge=0)
+    # Shared by all replicas: the most job messages delivered and not yet settled.
+    agent_max_ack_pending: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_a_model(self) -> Self:
+        if self.openai_api_key is None and not self.openai_base_url:
+            raise ValueError(
+                "no model configured: set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL "
+                "(a compatible server); `chatbus up` starts the simulated model for you"
+            )
+        return self
+
+    @property
+    def api_key(self) -> str:
+        """Return the key to hand the SDK (a placeholder for a keyless base URL)."""
+        if self.openai_api_key is not None:
+            return self.openai_api_key.get_secret_value()
+        return PLACEHOLDER_API_KEY
+
+    @property
+    def max_deliveries(self) -> int:
+        """Return the consumer's delivery cap.
+
+        Deliveries that never reach the model (a duplicate from the pull
+        subscriber's local queue, a lost compare-and-set) are not attempts, so
+        the server's cap leaves slack above ``agent_max_attempts``.
+        """
+        return self.agent_max_attempts + self.agent_extra_deliveries
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Return how often a running job tells JetStream it is still alive."""
+        return self.agent_ack_wait / 3

@@ -1,0 +1,75 @@
+"""The interfaces the job runner takes, so tests hand it fakes."""
+
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobState
+from contracts.deadletter import DeadLetter
+from contracts.history import AppendMessage, ListMessages, MessageRecord
+from services.agent.errors import Settle
+from services.agent.jobs import Versioned
+from services.agent.llm import ChatMessage
+from services.runtime.bus import RequestMeta
+
+
+class JobStore(Protocol):
+    """Job states with compare-and-set on their revision."""
+
+    async def get(self, job_id: UUID) -> Versioned | None: ...
+    async def create(self, state: JobState) -> Versioned: ...
+    async def update(self, state: JobState, revision: int) -> Versioned: ...
+
+
+class History(Protocol):
+    """The history service, as the agent needs it."""
+
+    async def list_messages(
+        self, query: ListMessages, meta: RequestMeta
+    ) -> list[MessageRecord]: ...
+    async def append_message(self, command: AppendMessage, meta: RequestMeta) -> MessageRecord: ...
+
+
+class LLM(Protocol):
+    """A chat model that streams its reply."""
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]: ...
+
+
+class Events(Protocol):
+    """Where deltas, outcomes and dead letters go."""
+
+    async def delta(self, delta: ChatDelta, meta: RequestMeta) -> None: ...
+    async def completed(self, event: ChatCompleted, meta: RequestMeta) -> None: ...
+    async def failed(self, event: ChatFailed, meta: RequestMeta) -> None: ...
+    async def dead_letter(
+        self, letter: DeadLetter, meta: RequestMeta, msg_id: str | None
+    ) -> None: ...
+
+
+class Delivery(Protocol):
+    """One delivery of a job message."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def num_delivered(self) -> int: ...
+
+    async def in_progress(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How to settle a delivery."""
+
+    settle: Settle
+    delay: float = 0.0
+
+
+ACK = Verdict(Settle.ACK)
+DROP = Verdict(Settle.DROP)

@@ -1,0 +1,76 @@
+"""The simulated model: what it answers is a deterministic function of the request.
+
+Reply rule (tests compute the expected text with :func:`reply_for`)::
+
+    "Echo: <content of the last user message> (turn <number of user messages>)"
+
+e.g. ``"Echo: hello (turn 2)"`` for the second user message of a conversation, so
+a test can see that earlier context reached the model. The reply is split into
+word tokens (each word with its trailing space) and paced per token.
+
+Directives in the last user message inject failures (they stay in the echo):
+
+- ``[sim:error]`` answers HTTP 500 with an OpenAI-style error body;
+- ``[sim:slow=N]`` waits N seconds (a float) before the first token instead of
+  the configured latency.
+"""
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ERROR_DIRECTIVE = "[sim:error]"
+_SLOW = re.compile(r"\[sim:slow=(\d+(?:\.\d+)?)\]")
+_TOKEN = re.compile(r"\S+\s*")
+
+
+@dataclass(frozen=True)
+class Directives:
+    """Failure injection asked for by the last user message."""
+
+    error: bool = False
+    latency: float | None = None
+
+
+def text_of(content: object) -> str:
+    """Return the text of a message content: a string or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) for part in content if isinstance(part, Mapping)
+        )
+    return ""
+
+
+def last_user_text(messages: Sequence[Mapping[str, object]]) -> str:
+    """Return the content of the last user message, or an empty string."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return text_of(message.get("content"))
+    return ""
+
+
+def reply_for(messages: Sequence[Mapping[str, object]]) -> str:
+    """Return the reply the simulated model gives to a conversation."""
+    turns = sum(1 for message in messages if message.get("role") == "user")
+    return f"Echo: {last_user_text(messages)} (turn {turns})"
+
+
+def directives_for(messages: Sequence[Mapping[str, object]]) -> Directives:
+    """Read the failure-injection directives of the last user message."""
+    text = last_user_text(messages)
+    slow = _SLOW.search(text)
+    return Directives(
+        error=ERROR_DIRECTIVE in text, latency=float(slow.group(1)) if slow else None
+    )
+
+
+def tokenize(text: str) -> list[str]:
+    """Split text into word tokens, each keeping its trailing whitespace."""
+    return _TOKEN.findall(text)
+
+
+def count_tokens(messages: Sequence[Mapping[str, object]]) -> int:
+    """Count the word tokens of every message of a prompt."""
+    return sum(len(tokenize(text_of(message.get("content")))) for message in messages)
