@@ -71,7 +71,8 @@ def stack(tmp_path: Path) -> Iterator[RunningStack]:
         text=True,
     )
     running = RunningStack(proc, f"http://127.0.0.1:{port}", tmp_path / "state")
-    threading.Thread(target=running.read_output, daemon=True).start()
+    reader = threading.Thread(target=running.read_output, daemon=True)
+    reader.start()
     try:
         assert running.ready.wait(90), "chatbus up printed nothing ready within 90 s"
         assert proc.poll() is None, f"chatbus up exited early:\n{running.printed()}"
@@ -84,6 +85,9 @@ def stack(tmp_path: Path) -> Iterator[RunningStack]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        reader.join(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 @pytest.mark.timeout(240)
