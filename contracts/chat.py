@@ -45,11 +45,29 @@ class JobState(Contract):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    cancel_requested: bool = False
+    lease_expires_at: datetime | None = Field(
+        default=None,
+        description="while running: when the worker's ack deadline runs out unless it heartbeats",
+    )
 
     @property
     def finished(self) -> bool:
         """Tell whether the job reached a final status."""
         return self.status in TERMINAL_STATUSES
+
+
+class JobLane(Contract):
+    """Unfinished jobs of one session or one user, oldest first (``chat_lanes`` bucket)."""
+
+    jobs: tuple[UUID, ...] = ()
+
+
+class CancelJob(Contract):
+    """Stop a running job at once (core NATS broadcast on ``chat.cancel``)."""
+
+    job_id: UUID
+    user_id: str
 
 
 class ChatDelta(Contract):

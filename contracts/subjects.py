@@ -1,5 +1,6 @@
 """Subject, stream and bucket names: the only place they are spelled."""
 
+import hashlib
 from dataclasses import dataclass
 
 # JetStream: durable commands and events.
@@ -11,6 +12,8 @@ DEADLETTER_PREFIX = "deadletter"
 
 # Core NATS: token stream of one job (fire and forget; the final state is in KV).
 CHAT_DELTA_PREFIX = "chat.delta"
+# Core NATS broadcast to every agent replica: stop a running job now.
+CHAT_CANCEL = "chat.cancel"
 
 # Core NATS request-reply, served by queue groups.
 HISTORY_SESSION_CREATE = "history.session.create"
@@ -31,6 +34,10 @@ MEMORY_ARCHIVED_DURABLE = "memory-session-archived"
 
 # JetStream key-value bucket holding every job's state.
 JOBS_BUCKET = "chat_jobs"
+# JetStream key-value bucket of the unfinished jobs, in submission order, per
+# session (key ``session.<id>``: per-session order) and per user (key
+# ``user.<id>``: the per-user limit). Values are ``contracts.chat.JobLane``.
+LANES_BUCKET = "chat_lanes"
 
 # NATS headers carried by every request and event.
 HEADER_REQUEST_ID = "Chatbus-Request-Id"
@@ -41,6 +48,16 @@ HEADER_DEADLINE = "Chatbus-Deadline"
 def chat_delta(job_id: str) -> str:
     """Return the core-NATS subject that carries one job's token deltas."""
     return f"{CHAT_DELTA_PREFIX}.{job_id}"
+
+
+def session_lane(session_id: object) -> str:
+    """Return the lanes-bucket key of a session's unfinished jobs."""
+    return f"session.{session_id}"
+
+
+def user_lane(user_id: str) -> str:
+    """Return the lanes-bucket key of a user's unfinished jobs (user ids are hashed: any text)."""
+    return f"user.{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
 
 
 def deadletter(service: str) -> str:
