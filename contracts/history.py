@@ -115,3 +115,31 @@ class MessagePage(Reply):
 
     items: tuple[MessageRecord, ...] = ()
     next_cursor: str | None = None
+
+
+class ArchiveSession(Contract):
+    """Archive a session of a user; archiving an archived session changes nothing."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    session_id: UUID
+
+
+class DeleteSession(Contract):
+    """Delete a session of a user with all its messages."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    session_id: UUID
+
+
+class DeleteReply(Reply):
+    """Whether something was deleted (``not_found`` comes as an error)."""
+
+    deleted: bool = False
+
+
+class ListFeed(Contract):
+    """List a user's messages across all sessions, newest first, one page at a time."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(default=None, max_length=512)

@@ -13,3 +13,11 @@ class SessionArchived(Contract):
     user_id: str
     persona: str
     archived_at: datetime
+
+
+class SessionDeleted(Contract):
+    """A session and its messages were deleted (published on ``session.deleted``)."""
+
+    session_id: UUID
+    user_id: str
+    deleted_at: datetime

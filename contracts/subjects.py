@@ -8,6 +8,7 @@ CHAT_REQUESTED = "chat.requested"
 CHAT_COMPLETED = "chat.completed"
 CHAT_FAILED = "chat.failed"
 SESSION_ARCHIVED = "session.archived"
+SESSION_DELETED = "session.deleted"
 DEADLETTER_PREFIX = "deadletter"
 
 # Core NATS: token stream of one job (fire and forget; the final state is in KV).
@@ -21,6 +22,9 @@ HISTORY_SESSION_GET = "history.session.get"
 HISTORY_SESSION_LIST = "history.session.list"
 HISTORY_MESSAGE_APPEND = "history.message.append"
 HISTORY_MESSAGE_LIST = "history.message.list"
+HISTORY_SESSION_ARCHIVE = "history.session.archive"
+HISTORY_SESSION_DELETE = "history.session.delete"
+HISTORY_FEED = "history.feed"
 HISTORY_PING = "history.ping"
 MEMORY_PING = "memory.ping"
 AGENT_PING = "agent.ping"
@@ -80,7 +84,7 @@ CHAT_EVENTS_STREAM = StreamSpec(
     "CHAT_EVENTS", (CHAT_COMPLETED, CHAT_FAILED), max_age_seconds=7 * 86400
 )
 SESSION_EVENTS_STREAM = StreamSpec(
-    "SESSION_EVENTS", (SESSION_ARCHIVED,), max_age_seconds=30 * 86400
+    "SESSION_EVENTS", (SESSION_ARCHIVED, SESSION_DELETED), max_age_seconds=30 * 86400
 )
 DEADLETTER_STREAM = StreamSpec(
     "DEADLETTER", (f"{DEADLETTER_PREFIX}.>",), max_age_seconds=30 * 86400
