@@ -9,6 +9,7 @@ CHAT_COMPLETED = "chat.completed"
 CHAT_FAILED = "chat.failed"
 SESSION_ARCHIVED = "session.archived"
 SESSION_DELETED = "session.deleted"
+MEMORY_STORED = "memory.stored"
 DEADLETTER_PREFIX = "deadletter"
 
 # Core NATS: token stream of one job (fire and forget; the final state is in KV).
@@ -27,6 +28,8 @@ HISTORY_SESSION_DELETE = "history.session.delete"
 HISTORY_FEED = "history.feed"
 HISTORY_PING = "history.ping"
 MEMORY_PING = "memory.ping"
+MEMORY_RECALL = "memory.recall"
+MEMORY_DELETE = "memory.delete"
 AGENT_PING = "agent.ping"
 
 # Queue groups and durable consumer names.
@@ -35,6 +38,7 @@ MEMORY_QUEUE = "memory"
 AGENT_QUEUE = "agent"
 AGENT_DURABLE = "agent-chat"
 MEMORY_ARCHIVED_DURABLE = "memory-session-archived"
+MEMORY_DELETED_DURABLE = "memory-session-deleted"
 
 # JetStream key-value bucket holding every job's state.
 JOBS_BUCKET = "chat_jobs"
@@ -86,7 +90,14 @@ CHAT_EVENTS_STREAM = StreamSpec(
 SESSION_EVENTS_STREAM = StreamSpec(
     "SESSION_EVENTS", (SESSION_ARCHIVED, SESSION_DELETED), max_age_seconds=30 * 86400
 )
+MEMORY_EVENTS_STREAM = StreamSpec("MEMORY_EVENTS", (MEMORY_STORED,), max_age_seconds=30 * 86400)
 DEADLETTER_STREAM = StreamSpec(
     "DEADLETTER", (f"{DEADLETTER_PREFIX}.>",), max_age_seconds=30 * 86400
 )
-ALL_STREAMS = (CHAT_JOBS_STREAM, CHAT_EVENTS_STREAM, SESSION_EVENTS_STREAM, DEADLETTER_STREAM)
+ALL_STREAMS = (
+    CHAT_JOBS_STREAM,
+    CHAT_EVENTS_STREAM,
+    SESSION_EVENTS_STREAM,
+    MEMORY_EVENTS_STREAM,
+    DEADLETTER_STREAM,
+)
