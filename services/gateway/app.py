@@ -14,7 +14,7 @@ from services.gateway.config import Settings
 from services.gateway.errors import PROBLEM_JSON, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware
 from services.gateway.routes import jobs, messages, ops, sessions
-from services.runtime.bus import ensure_streams, jobs_bucket, make_broker
+from services.runtime.bus import ensure_streams, jobs_bucket, lanes_bucket, make_broker
 
 log = structlog.get_logger("chatbus.gateway")
 
@@ -33,7 +33,8 @@ def create_app(settings: Settings, bus: GatewayBus | None = None) -> FastAPI:
         try:
             await ensure_streams(broker, (CHAT_JOBS_STREAM,))
             kv = await jobs_bucket(broker)
-            app.state.bus = NatsBus(broker, kv, settings.bus_request_timeout)
+            lanes_kv = await lanes_bucket(broker)
+            app.state.bus = NatsBus(broker, kv, lanes_kv, settings.bus_request_timeout)
             log.info("gateway connected", nats_url=settings.nats_url)
             yield
         finally:

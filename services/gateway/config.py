@@ -20,6 +20,9 @@ class Settings(ServiceSettings):
     max_content_bytes: int = Field(default=32_768, gt=0, le=MAX_CONTENT_CHARS)
     max_wait_seconds: float = Field(default=60.0, ge=0, le=60)
     ready_timeout: float = Field(default=1.0, gt=0, le=30)
+    max_active_jobs_per_user: int = Field(default=8, ge=1, le=10_000)
+    retry_after_seconds: int = Field(default=2, ge=0, le=3600)
+    cancel_wait_seconds: float = Field(default=2.0, ge=0, le=30)
 
     @property
     def max_body_bytes(self) -> int:

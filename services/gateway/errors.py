@@ -7,6 +7,7 @@ Errors the gateway raises itself::
      ├── NotFound           404: no such resource for this user
      ├── Conflict           409: the resource's state forbids the operation
      ├── ContentTooLarge    413: body or content over the configured limit
+     ├── TooManyJobs        429: the user has too many jobs queued or running
      ├── Invalid            422: a service refused the input
      ├── Unavailable        503: a needed service cannot take the request now
      └── Internal           500: a service reported a bug
@@ -74,6 +75,13 @@ class ContentTooLarge(GatewayError):
     code: ErrorCode = "invalid"
 
 
+class TooManyJobs(GatewayError):
+    """The user has as many unfinished jobs as allowed."""
+
+    status = 429
+    code: ErrorCode = "unavailable"
+
+
 class Invalid(GatewayError):
     """A service refused the input."""
 
@@ -134,8 +142,10 @@ def request_id_of(request: Request) -> str:
     return str(request.scope.get("chatbus.request_id", ""))
 
 
-def _retry_after() -> dict[str, str]:
-    return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+def retry_after(request: Request) -> dict[str, str]:
+    """Return the Retry-After header the app's settings ask for."""
+    seconds = getattr(getattr(request.app.state, "settings", None), "retry_after_seconds", None)
+    return {"Retry-After": str(RETRY_AFTER_SECONDS if seconds is None else seconds)}
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -144,8 +154,11 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, TooManyJobs):
+        headers.update(retry_after(request))
+        log.info("too many unfinished jobs", detail=exc.detail)
     elif isinstance(exc, Unavailable):
-        headers.update(_retry_after())
+        headers.update(retry_after(request))
         log.warning("service unavailable", detail=exc.detail)
     elif isinstance(exc, Internal):
         log.error("a service reported an internal error", detail=exc.detail, exc_info=exc)
@@ -163,7 +176,7 @@ async def _bus_error(request: Request, exc: Exception) -> Response:
         log.error("bad answer on the bus", exc_info=exc)
         return problem(500, "internal error", rid)
     log.warning("bus unavailable", error=str(exc))
-    return problem(503, "a needed service is unavailable", rid, headers=_retry_after())
+    return problem(503, "a needed service is unavailable", rid, headers=retry_after(request))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

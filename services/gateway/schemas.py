@@ -134,6 +134,7 @@ _WHY = {
     404: "no such resource for this user",
     409: "the resource's state forbids the operation",
     413: "body or message content over the configured limit",
+    429: "the user has too many jobs queued or running; Retry-After is set",
     422: "validation failed (a malformed id in the path answers 422 too)",
     500: "a bug, logged with its stack trace and request id",
     503: "the bus or a needed service is unavailable; Retry-After is set",

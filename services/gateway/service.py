@@ -3,6 +3,7 @@
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID
@@ -10,8 +11,8 @@ from uuid import UUID
 import structlog
 
 from contracts import subjects
-from contracts.base import Contract, ErrorCode, Ping, Pong, Reply, utcnow
-from contracts.chat import JobError, JobState, RequestChat
+from contracts.base import Contract, Ping, Pong, Reply, utcnow
+from contracts.chat import JobState, RequestChat
 from contracts.history import (
     AppendMessage,
     CreateSession,
@@ -26,13 +27,9 @@ from contracts.history import (
     SessionStatus,
 )
 from services.gateway.bus import GatewayBus
-from services.gateway.errors import (
-    Conflict,
-    ContentTooLarge,
-    GatewayError,
-    NotFound,
-    from_reply,
-)
+from services.gateway.errors import Conflict, ContentTooLarge, NotFound, from_reply
+from services.gateway.events import JobEvent, JobEvents
+from services.gateway.jobs import Jobs, Multitask, lease_expired
 from services.runtime.bus import BusError, BusProtocolError, BusTimeout, BusUnavailable, RequestMeta
 
 R = TypeVar("R", bound=Reply)
@@ -75,12 +72,22 @@ class GatewayService:
     """Sessions, messages and jobs of one caller at a time, over a :class:`GatewayBus`."""
 
     def __init__(
-        self, bus: GatewayBus, *, timeout: float, max_content_bytes: int, ready_timeout: float
+        self,
+        bus: GatewayBus,
+        *,
+        timeout: float,
+        max_content_bytes: int,
+        ready_timeout: float,
+        max_active_jobs: int = 8,
+        cancel_wait: float = 2.0,
     ) -> None:
         self.bus = bus
         self.timeout = timeout
         self.max_content_bytes = max_content_bytes
         self.ready_timeout = ready_timeout
+        self.jobs = Jobs(
+            bus, timeout=timeout, max_active=max_active_jobs, cancel_wait=cancel_wait
+        )
 
     async def create_session(
         self, caller: Caller, persona: str, title: str | None
@@ -123,14 +130,25 @@ class GatewayService:
         return await self._ask(caller, subjects.HISTORY_MESSAGE_LIST, body, MessagePage)
 
     async def get_job(self, caller: Caller, job_id: UUID) -> JobState:
-        """Return one of the caller's jobs."""
-        found = await self.bus.get_job(job_id)
-        if found is None or found[0].user_id != caller.user_id:
-            raise NotFound("no such job")
-        return found[0]
+        """Return one of the caller's jobs, requeued if its worker is gone."""
+        state, _ = await self.jobs.load(caller.user_id, job_id)
+        return state
+
+    async def cancel_job(self, caller: Caller, job_id: UUID) -> JobState:
+        """Cancel one of the caller's unfinished jobs and return its latest state."""
+        return await self.jobs.cancel(caller.user_id, job_id, self._meta(caller))
+
+    def job_events(self, job_id: UUID, last_event_id: str | None) -> AsyncIterator[JobEvent]:
+        """Stream a job's events (ownership is checked by :meth:`get_job` beforehand)."""
+        return JobEvents(self.jobs, job_id, last_event_id).stream()
 
     async def submit_message(
-        self, caller: Caller, session_id: UUID, content: str, idempotency_key: str | None
+        self,
+        caller: Caller,
+        session_id: UUID,
+        content: str,
+        idempotency_key: str | None,
+        multitask: Multitask = "enqueue",
     ) -> Submission:
         """Store the user's message and queue the job that answers it, at most once per key."""
         if len(content.encode()) > self.max_content_bytes:
@@ -152,10 +170,12 @@ class GatewayService:
         revision = await self.bus.create_job(job)
         if revision is None:  # a concurrent request with the same key won the race
             return Submission(await self.get_job(caller, job_id), created=False)
+        await self.jobs.admit(job, revision, multitask, self._meta(caller))
         try:
             await self._enqueue(caller, job, session, content)
         except Exception as exc:
-            await self._fail(job, revision, exc)
+            await self.jobs.fail(job, revision, exc)
+            await self.jobs.release(job)
             if isinstance(exc, BusTimeout | BusUnavailable):
                 raise BusUnavailable(f"could not queue the job: {exc}") from exc
             raise
@@ -166,12 +186,14 @@ class GatewayService:
         if job.finished or seconds <= 0:
             return job
         try:
-            latest = await self.bus.watch_job(job.id, seconds)
+            latest = await self.bus.watch_job(job.id, seconds) or job
+            if lease_expired(latest):
+                latest, _ = await self.jobs.load(job.user_id, job.id)
         except BusError as exc:
             # The job is queued either way; the client can still poll it.
             log.warning("could not watch the job", job_id=str(job.id), error=str(exc))
             return job
-        return latest or job
+        return latest
 
     async def readiness(self, request_id: str) -> dict[str, str]:
         """Ping every service the gateway needs, at once; name each one's state."""
@@ -224,25 +246,6 @@ class GatewayService:
             msg_id=str(job.id),
             timeout=self.timeout,
         )
-
-    async def _fail(self, job: JobState, revision: int, exc: Exception) -> None:
-        """Mark a job that could not be queued as failed, unless someone moved it on already."""
-        code: ErrorCode = "internal"
-        if isinstance(exc, GatewayError):
-            code = exc.code
-        elif isinstance(exc, BusUnavailable | BusTimeout):
-            code = "unavailable"
-        failed = job.model_copy(
-            update={
-                "status": "failed",
-                "error": JobError(code=code, message=f"could not queue the job: {exc}"[:2000]),
-                "finished_at": utcnow(),
-            }
-        )
-        try:
-            await self.bus.update_job(failed, revision)
-        except BusError as err:
-            log.warning("could not mark the job failed", job_id=str(job.id), error=str(err))
 
     async def _ask(self, caller: Caller, subject: str, body: Contract, reply_type: type[R]) -> R:
         reply = await self.bus.request(subject, body, reply_type, self._meta(caller), self.timeout)

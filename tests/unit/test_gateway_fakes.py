@@ -5,19 +5,21 @@ Holds no tests of its own; the gateway's unit and integration tests import it.
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import httpx
 from fastapi import FastAPI
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.base import BusError, Contract, Ping, Pong, Reply, utcnow
-from contracts.chat import JobState
+from contracts.chat import ChatDelta, JobLane, JobState
 from contracts.history import (
     AppendMessage,
     CreateSession,
@@ -34,7 +36,9 @@ from contracts.history import (
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
 from services.gateway.config import Settings
+from services.gateway.feed import JobFeed
 from services.runtime.bus import BusUnavailable, RequestMeta
+from services.runtime.lanes import Lanes
 
 R = TypeVar("R", bound=Reply)
 
@@ -152,6 +156,45 @@ class FakeHistory:
 
 
 @dataclass
+class FakeEntry:
+    """A bucket entry: the value and its revision."""
+
+    value: bytes
+    revision: int
+
+
+class FakeKV:
+    """The compare-and-set subset of a KV bucket that :class:`Lanes` uses, over a dict."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, FakeEntry] = {}
+        self.revision = 0
+
+    async def get(self, key: str) -> FakeEntry:
+        """Return the latest entry of a key."""
+        if key not in self.entries:
+            raise KeyNotFoundError
+        return self.entries[key]
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Store a new key."""
+        if key in self.entries:
+            raise KeyWrongLastSequenceError
+        return self._put(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Replace a key at the expected revision."""
+        if key not in self.entries or self.entries[key].revision != last:
+            raise KeyWrongLastSequenceError
+        return self._put(key, value)
+
+    def _put(self, key: str, value: bytes) -> int:
+        self.revision += 1
+        self.entries[key] = FakeEntry(value, self.revision)
+        return self.revision
+
+
+@dataclass
 class Published:
     """One message the gateway published."""
 
@@ -173,8 +216,17 @@ class FakeBus:
     jobs: dict[UUID, tuple[JobState, int]] = field(default_factory=dict)
     published: list[Published] = field(default_factory=list)
     calls: list[tuple[str, RequestMeta]] = field(default_factory=list)
+    lanes_kv: FakeKV = field(default_factory=FakeKV)
+    feeds: dict[UUID, list[JobFeed]] = field(default_factory=dict)
+    feeds_opened: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _published: asyncio.Event = field(default_factory=asyncio.Event)
+    _followed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def lanes(self) -> Lanes:
+        """Return the real lanes logic over the in-memory bucket."""
+        return Lanes(cast(KeyValue, self.lanes_kv))
 
     async def request(
         self,
@@ -218,6 +270,14 @@ class FakeBus:
         await asyncio.wait_for(self._published.wait(), timeout)
         return self.published[0]
 
+    async def published_on(self, subject: str, timeout: float = 10.0) -> Published:
+        """Wait for the first publication on ``subject`` and return it."""
+        async with asyncio.timeout(timeout):
+            while not (found := [p for p in self.published if p.subject == subject]):
+                self._published.clear()
+                await self._published.wait()
+        return found[0]
+
     async def get_job(self, job_id: UUID) -> tuple[JobState, int] | None:
         """Return a job and its revision."""
         return self.jobs.get(job_id)
@@ -229,13 +289,83 @@ class FakeBus:
         self._store(state, 1)
         return 1
 
-    async def update_job(self, state: JobState, revision: int) -> bool:
+    async def update_job(self, state: JobState, revision: int) -> int | None:
         """Replace a job at the expected revision."""
+        self._fail_if_told("update_job")
         current = self.jobs.get(state.id)
         if current is None or current[1] != revision:
-            return False
+            return None
         self._store(state, revision + 1)
+        return revision + 1
+
+    async def delete_job(self, job_id: UUID, revision: int) -> bool:
+        """Delete a job at the expected revision."""
+        current = self.jobs.get(job_id)
+        if current is None or current[1] != revision:
+            return False
+        del self.jobs[job_id]
         return True
+
+    @asynccontextmanager
+    async def follow_job(self, job_id: UUID) -> AsyncIterator[JobFeed]:
+        """Feed the job's current state, then every later write and delta, until closed."""
+        feed = JobFeed()
+        if (current := self.jobs.get(job_id)) is not None:
+            feed.put(current)
+        self.feeds.setdefault(job_id, []).append(feed)
+        self.feeds_opened += 1
+        self._followed.set()
+        try:
+            yield feed
+        finally:
+            self.feeds[job_id].remove(feed)
+
+    def open_feeds(self) -> int:
+        """Count the feeds not closed yet."""
+        return sum(len(feeds) for feeds in self.feeds.values())
+
+    async def followed(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until ``count`` feeds have been opened in all."""
+        async with asyncio.timeout(timeout):
+            while self.feeds_opened < count:
+                self._followed.clear()
+                await self._followed.wait()
+
+    def publish_delta(self, job_id: UUID, seq: int, text: str) -> None:
+        """Publish a piece of the reply as the agent would."""
+        for feed in self.feeds.get(job_id, []):
+            feed.put(ChatDelta(job_id=job_id, seq=seq, text=text))
+
+    async def append_to_lane(self, key: str, job_id: UUID, limit: int | None = None) -> JobLane:
+        """Append to a lane in the in-memory bucket."""
+        self._fail_if_told("lanes")
+        return await self.lanes.append(key, job_id, limit)
+
+    async def change_lane(self, key: str, edit: Callable[[JobLane], JobLane]) -> JobLane:
+        """Change a lane in the in-memory bucket."""
+        self._fail_if_told("lanes")
+        return await self.lanes.change(key, edit)
+
+    async def remove_from_lane(self, key: str, job_id: UUID) -> JobLane:
+        """Remove from a lane in the in-memory bucket."""
+        self._fail_if_told("lanes")
+        return await self.lanes.remove(key, job_id)
+
+    async def prune_lane(
+        self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]
+    ) -> JobLane:
+        """Prune a lane in the in-memory bucket."""
+        self._fail_if_told("lanes")
+        return await self.lanes.prune(key, is_finished)
+
+    def lane(self, key: str) -> tuple[UUID, ...]:
+        """Return the jobs of a lane."""
+        entry = self.lanes_kv.entries.get(key)
+        return JobLane.model_validate_json(entry.value).jobs if entry else ()
+
+    def _fail_if_told(self, operation: str) -> None:
+        if operation in self.failures:
+            raise self.failures[operation]
 
     async def watch_job(self, job_id: UUID, timeout: float) -> JobState | None:
         """Wait for the job to end, waking on every change."""
@@ -261,6 +391,8 @@ class FakeBus:
 
     def _store(self, state: JobState, revision: int) -> None:
         self.jobs[state.id] = (state, revision)
+        for feed in self.feeds.get(state.id, []):
+            feed.put((state, revision))
         self._changed.set()
 
 
@@ -296,3 +428,4 @@ async def gateway_client(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         yield client, app
+

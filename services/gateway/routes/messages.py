@@ -7,6 +7,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from contracts.history import MAX_PAGE
 from services.gateway.deps import CallerDep, ServiceDep, SettingsDep
+from services.gateway.jobs import Multitask
 from services.gateway.schemas import JobRead, MessageCreate, MessageRead, Page, problems
 
 router = APIRouter(prefix="/api/sessions/{session_id}/messages", tags=["messages"])
@@ -19,7 +20,7 @@ MAX_WAIT = 60
     response_model=JobRead,
     responses={
         200: {"model": JobRead, "description": "the job ended within `wait` seconds"},
-        **problems(401, 404, 409, 413, 422, 500, 503, 504),
+        **problems(401, 404, 409, 413, 422, 429, 500, 503, 504),
     },
 )
 async def post_message(
@@ -32,13 +33,24 @@ async def post_message(
     wait: Annotated[
         float, Query(ge=0, le=MAX_WAIT, description="seconds to hold the answer until the job ends")
     ] = 0,
+    multitask: Annotated[
+        Multitask,
+        Query(
+            description="what to do when the session already has a job queued or running: "
+            "`enqueue` (default) queues this one after it (answered in order); `reject` "
+            "answers 409 and queues nothing; `interrupt` cancels the session's unfinished "
+            "jobs (a running one is aborted) and queues this one"
+        ),
+    ] = "enqueue",
     idempotency_key: Annotated[
         str | None,
         Header(min_length=1, max_length=255, description="same key, same job, for 24 h"),
     ] = None,
 ) -> JobRead:
     """Queue a chat job answering the message; 202 at once, or 200 if it ended within ``wait``."""
-    submission = await service.submit_message(caller, session_id, body.content, idempotency_key)
+    submission = await service.submit_message(
+        caller, session_id, body.content, idempotency_key, multitask
+    )
     job = await service.wait_for(submission.job, min(wait, settings.max_wait_seconds))
     response.status_code = 200 if job.finished else 202
     response.headers["Location"] = f"/api/jobs/{job.id}"

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.gateway.deps import RequestId, SettingsDep, build_service
-from services.gateway.errors import RETRY_AFTER_SECONDS
+from services.gateway.errors import retry_after
 from services.gateway.service import READY_SERVICES
 
 router = APIRouter(tags=["operations"])
@@ -38,7 +38,7 @@ async def readyz(request: Request, settings: SettingsDep, request_id: RequestId)
         states = await build_service(bus, settings).readiness(request_id)
     if all(state == "ok" for state in states.values()):
         return JSONResponse(states)
-    return JSONResponse(states, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return JSONResponse(states, status_code=503, headers=retry_after(request))
 
 
 @router.get("/metrics", response_class=Response)
