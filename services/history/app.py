@@ -1,12 +1,19 @@
 """Wiring of the history service."""
 
+import asyncio
 import logging
+from datetime import timedelta
+from typing import Any
 
 from faststream import FastStream
+from prometheus_client import CollectorRegistry, start_http_server
 
 from contracts import subjects
+from services.history.cache import Cache, CacheMetrics
+from services.history.cache_backends import CacheBackend, MemoryBackend, RedisBackend
 from services.history.config import Settings
 from services.history.db import make_engine, migrate
+from services.history.outbox import Publisher, Relay
 from services.history.service import HistoryService
 from services.history.store import Store
 from services.history.subscribers import build_router
@@ -14,8 +21,42 @@ from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 
 
-def create_app(settings: Settings) -> FastStream:
-    """Build the history service: database, broker, streams, subscribers."""
+def make_cache(settings: Settings, registry: CollectorRegistry, logger: Any = None) -> Cache:
+    """Build the read cache: Redis when ``REDIS_URL`` is set, else an in-process LRU."""
+    backend: CacheBackend
+    if settings.redis_url:
+        backend = RedisBackend(
+            settings.redis_url,
+            timeout=settings.redis_timeout,
+            max_connections=settings.redis_max_connections,
+        )
+    else:
+        backend = MemoryBackend(settings.cache_max_entries)
+    return Cache(
+        backend,
+        CacheMetrics(registry),
+        ttl=settings.cache_ttl_seconds,
+        timeout=settings.redis_timeout,
+        retry_interval=settings.redis_retry_interval,
+        namespace=settings.cache_namespace,
+        logger=logger,
+    )
+
+
+def make_relay(settings: Settings, store: Store, publisher: Publisher) -> Relay:
+    """Build the outbox relay from settings."""
+    return Relay(
+        store,
+        publisher,
+        interval=settings.outbox_interval,
+        publish_timeout=settings.event_publish_timeout,
+        retention=timedelta(seconds=settings.outbox_retention_seconds),
+    )
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastStream:
+    """Build the history service: database, cache, outbox relay, broker, subscribers."""
+    registry = registry or CollectorRegistry()
     broker = make_broker(settings, "history")
     bus = BusClient(broker, settings.bus_request_timeout)
     engine = make_engine(
@@ -23,17 +64,16 @@ def create_app(settings: Settings) -> FastStream:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
-    service = HistoryService(
-        Store(engine),
-        bus,
-        instance=settings.instance,
-        publish_timeout=settings.event_publish_timeout,
-    )
+    store = Store(engine)
+    cache = make_cache(settings, registry)
+    relay = make_relay(settings, store, bus)
+    service = HistoryService(store, cache, relay, instance=settings.instance)
     router = build_router(
         service, DeadLetterPublisher(bus, "history"), max_workers=settings.request_concurrency
     )
     broker.include_router(router)
     app = FastStream(broker, logger=logging.getLogger("chatbus.history.app"))
+    metrics: list[Any] = []
 
     @app.on_startup
     async def prepare() -> None:
@@ -42,8 +82,23 @@ def create_app(settings: Settings) -> FastStream:
         await broker.connect()
         await ensure_streams(broker, (subjects.SESSION_EVENTS_STREAM, subjects.DEADLETTER_STREAM))
 
+    @app.after_startup
+    async def start_relay() -> None:
+        # Events left pending by a crash are published on the first tick.
+        relay.start()
+        relay.wake()
+        if settings.metrics_port is not None:
+            metrics.append(start_http_server(settings.metrics_port, registry=registry)[0])
+
+    @app.on_shutdown
+    async def stop_relay() -> None:
+        await relay.stop()
+        for server in metrics:
+            await asyncio.to_thread(server.shutdown)
+
     @app.after_shutdown
-    async def close_database() -> None:
+    async def close() -> None:
+        await cache.aclose()
         await engine.dispose()
 
     return app

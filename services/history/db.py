@@ -1,5 +1,6 @@
 """The database engine and migrations of the history service."""
 
+import uuid
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -7,7 +8,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.history.models import SCHEMA
@@ -34,15 +35,38 @@ def ensure_sqlite_dir(database_url: str) -> None:
 def make_engine(database_url: str, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
     """Build the async engine; on SQLite, translate the schema away and set pragmas."""
     options: dict[str, Any] = {"pool_pre_ping": True}
-    if make_url(database_url).database not in (None, "", ":memory:"):
+    url = make_url(database_url)
+    if url.database not in (None, "", ":memory:"):
         # An in-memory SQLite database lives in one connection: no pool to size.
         options.update(pool_size=pool_size, max_overflow=max_overflow)
-    engine = create_async_engine(database_url, **options)
+    if url.get_backend_name() == "postgresql":
+        url, options["connect_args"] = _pooler_args(url)
+    engine = create_async_engine(url, **options)
     if not is_sqlite(database_url):
         return engine
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine.execution_options(schema_translate_map={SCHEMA: None})
+
+
+def _pooler_args(url: URL) -> tuple[URL, dict[str, Any]]:
+    """Behind pgbouncer in transaction mode, prepare no statement that outlives a query.
+
+    ``prepared_statement_cache_size=0`` (SQLAlchemy's cache) or
+    ``statement_cache_size=0`` (asyncpg's) in the URL turns both caches off and
+    names each prepared statement uniquely, as a pooled server connection may
+    already hold one by asyncpg's default name.
+    """
+    query = dict(url.query)
+    sizes = [query.pop(name, None) for name in ("prepared_statement_cache_size",
+                                                 "statement_cache_size")]
+    if not any(size is not None and str(size) == "0" for size in sizes):
+        return url, {}
+    url = url.set(query={**query, "prepared_statement_cache_size": "0"})
+    return url, {
+        "statement_cache_size": 0,
+        "prepared_statement_name_func": lambda: f"__chatbus_{uuid.uuid4().hex}__",
+    }
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -73,7 +74,21 @@ Index(
     sessions.c.created_at.desc(),
     sessions.c.id.desc(),
 )
-Index("ix_sessions_user_persona_status", sessions.c.user_id, sessions.c.persona, sessions.c.status)
+# The filtered lists; persona with status uses the persona index and filters a few rows.
+Index(
+    "ix_sessions_user_status_created",
+    sessions.c.user_id,
+    sessions.c.status,
+    sessions.c.created_at.desc(),
+    sessions.c.id.desc(),
+)
+Index(
+    "ix_sessions_user_persona_created",
+    sessions.c.user_id,
+    sessions.c.persona,
+    sessions.c.created_at.desc(),
+    sessions.c.id.desc(),
+)
 # At most one active session per user and persona, even under concurrent creates.
 Index(
     "uq_sessions_one_active",
@@ -108,4 +123,30 @@ Index(
     messages.c.user_id,
     messages.c.created_at.desc(),
     messages.c.id.desc(),
+)
+
+# Events written in the same transaction as the change they announce; a relay
+# publishes the pending ones (``sent_at`` NULL) in ``seq`` order.
+outbox = Table(
+    "outbox",
+    metadata,
+    # SQLite autoincrements only an INTEGER primary key.
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("msg_id", String(200), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("request_id", String(200), nullable=False),
+    Column("user_id", String(256)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("claimed_until", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    UniqueConstraint("msg_id", name="uq_outbox_msg_id"),
+)
+Index(
+    "ix_outbox_pending",
+    outbox.c.seq,
+    postgresql_where=text("sent_at IS NULL"),
+    sqlite_where=text("sent_at IS NULL"),
 )

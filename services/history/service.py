@@ -2,16 +2,20 @@
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 import structlog
 
-from contracts import subjects
 from contracts.base import Contract, Ping, Pong, utcnow
 from contracts.history import (
     AppendMessage,
+    ArchiveSession,
     CreateSession,
+    DeleteReply,
+    DeleteSession,
     GetSession,
+    ListFeed,
     ListMessages,
     ListSessions,
     MessagePage,
@@ -21,7 +25,7 @@ from contracts.history import (
     SessionRecord,
     SessionReply,
 )
-from contracts.sessions import SessionArchived
+from services.history.cache import Cache
 from services.history.cursor import Position, decode_cursor, encode_cursor
 from services.history.errors import (
     ActiveSessionExists,
@@ -30,42 +34,33 @@ from services.history.errors import (
     NotFound,
     RetryableConflict,
 )
+from services.history.outbox import archived_event, deleted_event
 from services.history.store import Store, Tx
-from services.runtime.bus import BusError, RequestMeta
+from services.runtime.bus import RequestMeta
 
 log = structlog.get_logger("chatbus.history")
 
 SESSION_CURSOR = "s"
 MESSAGE_CURSOR = "m"
+FEED_CURSOR = "f"
 CREATE_ATTEMPTS = 3
 
 
-class Publisher(Protocol):
-    """Where events go (``BusClient`` in the service, a list in tests)."""
+class Waker(Protocol):
+    """Told after a commit that queued outbox events (the relay)."""
 
-    async def publish(
-        self,
-        subject: str,
-        body: Contract,
-        meta: RequestMeta,
-        *,
-        stream: str | None = None,
-        msg_id: str | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Publish ``body``; with ``stream``, wait until JetStream stored it."""
+    def wake(self) -> None:
+        """Publish the pending events soon."""
 
 
 class HistoryService:
-    """Serve the history requests against a store, announcing archived sessions."""
+    """Serve the history requests: reads through the cache, writes with outbox events."""
 
-    def __init__(
-        self, store: Store, publisher: Publisher, *, instance: str, publish_timeout: float = 2.0
-    ) -> None:
+    def __init__(self, store: Store, cache: Cache, outbox: Waker, *, instance: str) -> None:
         self.store = store
-        self.publisher = publisher
+        self.cache = cache
+        self.outbox = outbox
         self.instance = instance
-        self.publish_timeout = publish_timeout
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive."""
@@ -91,35 +86,68 @@ class HistoryService:
                     # Creates for one user and persona queue up instead of racing.
                     await tx.lock_persona(req.user_id, req.persona)
                     archived = await tx.archive_active(req.user_id, req.persona, now)
+                    for old in archived:
+                        await _queue(tx, archived_event(old), meta, now)
                     await tx.insert_session(new)
             except ActiveSessionExists:
                 log.info("concurrent session create; retrying", persona=req.persona)
                 continue
-            # Not atomic with the commit: a crash here loses the event (an outbox comes later).
-            for old in archived:
-                await self._announce_archived(old, meta)
+            await self._committed(req.user_id, [old.id for old in archived], events=bool(archived))
             return SessionReply(session=new)
         raise RetryableConflict("sessions with this persona are being created concurrently")
 
+    async def archive_session(self, req: ArchiveSession, meta: RequestMeta) -> SessionReply:
+        """Archive one of the user's sessions; an archived one is returned unchanged."""
+        now = utcnow()
+        async with self.store.write() as tx:
+            session = await _owned(tx, req.session_id, req.user_id, lock=True)
+            if session.status == "archived":
+                return SessionReply(session=session)
+            session = await tx.archive_session(req.session_id, now)
+            await _queue(tx, archived_event(session), meta, now)
+        await self._committed(req.user_id, [session.id], events=True)
+        return SessionReply(session=session)
+
+    async def delete_session(self, req: DeleteSession, meta: RequestMeta) -> DeleteReply:
+        """Delete one of the user's sessions with its messages."""
+        now = utcnow()
+        async with self.store.write() as tx:
+            session = await _owned(tx, req.session_id, req.user_id, lock=True)
+            await tx.delete_session(session.id)
+            await _queue(tx, deleted_event(session, now), meta, now)
+        await self._committed(req.user_id, [session.id], events=True)
+        return DeleteReply(deleted=True)
+
     async def get_session(self, req: GetSession, _: RequestMeta) -> SessionReply:
         """Return one of the user's sessions."""
-        async with self.store.read() as tx:
-            session = await _owned(tx, req.session_id, req.user_id)
-        return SessionReply(session=session)
+
+        async def load() -> SessionReply:
+            async with self.store.read() as tx:
+                return SessionReply(session=await _owned(tx, req.session_id, req.user_id))
+
+        return await self.cache.fetch(
+            "session", user_id=req.user_id, session_id=req.session_id, params={},
+            model=SessionReply, load=load,
+        )
 
     async def list_sessions(self, req: ListSessions, _: RequestMeta) -> SessionPage:
         """Return a page of the user's sessions, newest first."""
         after = decode_cursor(SESSION_CURSOR, req.cursor) if req.cursor else None
-        async with self.store.read() as tx:
-            items = await tx.list_sessions(
-                req.user_id,
-                status=req.status,
-                persona=req.persona,
-                after=after,
-                limit=req.limit + 1,
-            )
-        page, more = items[: req.limit], len(items) > req.limit
-        return SessionPage(items=tuple(page), next_cursor=_next(SESSION_CURSOR, page, more))
+
+        async def load() -> SessionPage:
+            async with self.store.read() as tx:
+                items = await tx.list_sessions(
+                    req.user_id, status=req.status, persona=req.persona, after=after,
+                    limit=req.limit + 1,
+                )
+            page, more = items[: req.limit], len(items) > req.limit
+            return SessionPage(items=tuple(page), next_cursor=_next(SESSION_CURSOR, page, more))
+
+        params = req.model_dump(mode="json", include={"status", "persona", "limit", "cursor"})
+        return await self.cache.fetch(
+            "sessions", user_id=req.user_id, session_id=None, params=params,
+            model=SessionPage, load=load,
+        )
 
     async def append_message(self, req: AppendMessage, _: RequestMeta) -> MessageReply:
         """Store a job's message once; a repeat returns the stored one unchanged."""
@@ -151,16 +179,39 @@ class HistoryService:
             if existing is None:
                 raise NotFound("no such session") from None
             return self._duplicate(existing, req)
+        await self._committed(req.user_id, [req.session_id], events=False)
         return MessageReply(message=record, created=True)
 
     async def list_messages(self, req: ListMessages, _: RequestMeta) -> MessagePage:
         """Return a page of a session's messages, newest first."""
         after = decode_cursor(MESSAGE_CURSOR, req.cursor) if req.cursor else None
-        async with self.store.read() as tx:
-            await _owned(tx, req.session_id, req.user_id)
-            items = await tx.list_messages(req.session_id, after=after, limit=req.limit + 1)
-        page, more = items[: req.limit], len(items) > req.limit
-        return MessagePage(items=tuple(page), next_cursor=_next(MESSAGE_CURSOR, page, more))
+
+        async def load() -> MessagePage:
+            async with self.store.read() as tx:
+                await _owned(tx, req.session_id, req.user_id)
+                items = await tx.list_messages(req.session_id, after=after, limit=req.limit + 1)
+            page, more = items[: req.limit], len(items) > req.limit
+            return MessagePage(items=tuple(page), next_cursor=_next(MESSAGE_CURSOR, page, more))
+
+        return await self.cache.fetch(
+            "messages", user_id=req.user_id, session_id=req.session_id,
+            params={"limit": req.limit, "cursor": req.cursor}, model=MessagePage, load=load,
+        )
+
+    async def list_feed(self, req: ListFeed, _: RequestMeta) -> MessagePage:
+        """Return a page of the user's messages across all sessions, newest first."""
+        after = decode_cursor(FEED_CURSOR, req.cursor) if req.cursor else None
+
+        async def load() -> MessagePage:
+            async with self.store.read() as tx:
+                items = await tx.list_feed(req.user_id, after=after, limit=req.limit + 1)
+            page, more = items[: req.limit], len(items) > req.limit
+            return MessagePage(items=tuple(page), next_cursor=_next(FEED_CURSOR, page, more))
+
+        return await self.cache.fetch(
+            "feed", user_id=req.user_id, session_id=None,
+            params={"limit": req.limit, "cursor": req.cursor}, model=MessagePage, load=load,
+        )
 
     def _duplicate(self, existing: MessageRecord, req: AppendMessage) -> MessageReply:
         if existing.session_id != req.session_id or existing.user_id != req.user_id:
@@ -168,27 +219,20 @@ class HistoryService:
             raise Conflict("this job already stored a message in another session")
         return MessageReply(message=existing, created=False)
 
-    async def _announce_archived(self, session: SessionRecord, meta: RequestMeta) -> None:
-        assert session.archived_at is not None
-        event = SessionArchived(
-            session_id=session.id,
-            user_id=session.user_id,
-            persona=session.persona,
-            archived_at=session.archived_at,
-        )
-        try:
-            await self.publisher.publish(
-                subjects.SESSION_ARCHIVED,
-                event,
-                meta,
-                stream=subjects.SESSION_EVENTS_STREAM.name,
-                msg_id=f"{session.id}.archived",
-                timeout=self.publish_timeout,
-            )
-        except BusError:
-            # The session is archived either way; failing the request would invite a retry
-            # that archives the new session too.
-            log.exception("could not announce archived session", session_id=str(session.id))
+    async def _committed(
+        self, user_id: str, session_ids: Sequence[uuid.UUID], *, events: bool
+    ) -> None:
+        """Retire the cache entries a commit changed, before replying; wake the relay."""
+        await self.cache.invalidate(user_id, session_ids)
+        if events:
+            self.outbox.wake()
+
+
+async def _queue(
+    tx: Tx, event: tuple[str, str, Contract], meta: RequestMeta, at: datetime
+) -> None:
+    msg_id, subject, body = event
+    await tx.add_event(msg_id, subject, body.model_dump_json(), meta.request_id, meta.user_id, at)
 
 
 async def _owned(

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -14,7 +14,7 @@ from contracts.history import MessageRecord, Role, SessionRecord, SessionStatus
 from services.history.cursor import Position
 from services.history.db import WRITE_OPTION
 from services.history.errors import ActiveSessionExists, DuplicateMessage
-from services.history.models import messages, sessions
+from services.history.models import messages, outbox, sessions
 
 
 class Store:
@@ -74,6 +74,37 @@ class Tx:
         rows = (await self.conn.execute(query)).mappings().all()
         return [_session(row) for row in rows]
 
+    async def archive_session(self, session_id: UUID, at: datetime) -> SessionRecord:
+        """Archive one session and return it as stored."""
+        query = (
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(status="archived", archived_at=at, updated_at=at)
+            .returning(*sessions.c)
+        )
+        return _session((await self.conn.execute(query)).mappings().one())
+
+    async def delete_session(self, session_id: UUID) -> bool:
+        """Delete a session; its messages go with it (foreign key cascade)."""
+        result = await self.conn.execute(delete(sessions).where(sessions.c.id == session_id))
+        return bool(result.rowcount)
+
+    async def add_event(
+        self, msg_id: str, subject: str, payload: str, request_id: str, user_id: str | None,
+        at: datetime,
+    ) -> None:
+        """Queue an event in the outbox; it commits or rolls back with the transaction."""
+        await self.conn.execute(
+            insert(outbox).values(
+                msg_id=msg_id,
+                subject=subject,
+                payload=payload,
+                request_id=request_id,
+                user_id=user_id,
+                created_at=at,
+            )
+        )
+
     async def insert_session(self, record: SessionRecord) -> None:
         """Insert a session, or raise :class:`ActiveSessionExists` on a concurrent create."""
         try:
@@ -132,14 +163,24 @@ class Tx:
         return [_message(row) for row in rows]
 
 
+    async def list_feed(
+        self, user_id: str, *, after: Position | None, limit: int
+    ) -> list[MessageRecord]:
+        """Return up to ``limit`` of the user's messages older than ``after``, newest first."""
+        query = _page(
+            select(messages).where(messages.c.user_id == user_id), messages.c, after, limit
+        )
+        rows = (await self.conn.execute(query)).mappings().all()
+        return [_message(row) for row in rows]
+
+
 def _page(query: Select[Any], columns: Any, after: Position | None, limit: int) -> Select[Any]:
     """Order newest first and keep the rows strictly after the cursor position."""
     if after is not None:
+        # A row-value comparison is an index bound on both backends, so a deep page
+        # starts at the cursor instead of filtering every newer row.
         query = query.where(
-            or_(
-                columns.created_at < after.created_at,
-                and_(columns.created_at == after.created_at, columns.id < after.id),
-            )
+            tuple_(columns.created_at, columns.id) < (after.created_at, after.id)
         )
     return query.order_by(columns.created_at.desc(), columns.id.desc()).limit(limit)
 

@@ -11,8 +11,12 @@ from contracts import subjects
 from contracts.base import Contract, Ping, Pong, Reply
 from contracts.history import (
     AppendMessage,
+    ArchiveSession,
     CreateSession,
+    DeleteReply,
+    DeleteSession,
     GetSession,
+    ListFeed,
     ListMessages,
     ListSessions,
     MessagePage,
@@ -95,6 +99,18 @@ def build_router(
     @router.subscriber(subjects.HISTORY_MESSAGE_LIST, queue=queue, max_workers=max_workers)
     async def list_messages(msg: NatsMessage) -> MessagePage:
         return await edge.answer(msg, ListMessages, MessagePage, service.list_messages)
+
+    @router.subscriber(subjects.HISTORY_SESSION_ARCHIVE, queue=queue, max_workers=max_workers)
+    async def archive_session(msg: NatsMessage) -> SessionReply:
+        return await edge.answer(msg, ArchiveSession, SessionReply, service.archive_session)
+
+    @router.subscriber(subjects.HISTORY_SESSION_DELETE, queue=queue, max_workers=max_workers)
+    async def delete_session(msg: NatsMessage) -> DeleteReply:
+        return await edge.answer(msg, DeleteSession, DeleteReply, service.delete_session)
+
+    @router.subscriber(subjects.HISTORY_FEED, queue=queue, max_workers=max_workers)
+    async def list_feed(msg: NatsMessage) -> MessagePage:
+        return await edge.answer(msg, ListFeed, MessagePage, service.list_feed)
 
     @router.subscriber(subjects.HISTORY_PING, queue=queue)
     async def ping(msg: NatsMessage) -> Pong:

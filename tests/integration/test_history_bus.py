@@ -1,5 +1,7 @@
 """The history service over a real NATS server, started as it runs in production."""
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,8 +18,12 @@ from contracts.base import Ping, Pong
 from contracts.deadletter import DeadLetter
 from contracts.history import (
     AppendMessage,
+    ArchiveSession,
     CreateSession,
+    DeleteReply,
+    DeleteSession,
     GetSession,
+    ListFeed,
     ListMessages,
     ListSessions,
     MessagePage,
@@ -25,10 +31,15 @@ from contracts.history import (
     SessionPage,
     SessionReply,
 )
-from contracts.sessions import SessionArchived
+from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.app import create_app
 from services.history.config import Settings
-from services.runtime.bus import BusClient, RequestMeta
+from services.history.db import make_engine, migrate
+from services.history.outbox import Relay
+from services.history.store import Store
+from services.launcher.natsserver import NatsServer
+from services.runtime.bus import BusClient, RequestMeta, ensure_streams, make_broker
+from tests.unit.test_history_service import META, RecordingPublisher, build_service
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -77,6 +88,16 @@ async def _stream_messages(nats_url: str, stream: str, subject: str) -> list[Raw
         return found
     finally:
         await nc.close()
+
+
+async def _wait_for_events(nats_url: str, subject: str, count: int) -> list[RawStreamMsg]:
+    """Poll the session-events stream until it holds ``count`` messages on the subject."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        found = await _stream_messages(nats_url, subjects.SESSION_EVENTS_STREAM.name, subject)
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
 
 
 async def test_every_subject_round_trips(running: Running) -> None:
@@ -163,10 +184,7 @@ async def test_second_session_of_a_persona_announces_one_archive(running: Runnin
 
     await running.bus.request(subjects.HISTORY_SESSION_CREATE, request, SessionReply, meta)
 
-    events = await _stream_messages(
-        running.nats_url, subjects.SESSION_EVENTS_STREAM.name, subjects.SESSION_ARCHIVED
-    )
-    assert len(events) == 1
+    events = await _wait_for_events(running.nats_url, subjects.SESSION_ARCHIVED, 1)
     event = SessionArchived.model_validate_json(events[0].data or b"")
     assert event.session_id == first.session.id
     assert event.user_id == "u1" and event.persona == "friend"
@@ -174,3 +192,91 @@ async def test_second_session_of_a_persona_announces_one_archive(running: Runnin
     assert headers["Nats-Msg-Id"] == f"{first.session.id}.archived"
     assert headers[subjects.HEADER_REQUEST_ID] == "req-archive"
     assert headers[subjects.HEADER_USER_ID] == "u1"
+
+
+async def test_archive_delete_and_feed_over_the_bus(running: Running) -> None:
+    meta = RequestMeta(request_id="req-lifecycle", user_id="u1")
+    bus = running.bus
+    created = await bus.request(
+        subjects.HISTORY_SESSION_CREATE, CreateSession(user_id="u1", persona="p"), SessionReply,
+        meta,
+    )
+    assert created.session is not None
+    sid = created.session.id
+    append = AppendMessage(
+        user_id="u1", session_id=sid, job_id=uuid.uuid4(), role="user", content="hello"
+    )
+    stored = await bus.request(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply, meta)
+    feed = await bus.request(subjects.HISTORY_FEED, ListFeed(user_id="u1"), MessagePage, meta)
+    assert feed.items == (stored.message,)
+
+    archive = ArchiveSession(user_id="u1", session_id=sid)
+    archived = await bus.request(subjects.HISTORY_SESSION_ARCHIVE, archive, SessionReply, meta)
+    assert archived.session is not None and archived.session.status == "archived"
+    deleted = await bus.request(
+        subjects.HISTORY_SESSION_DELETE, DeleteSession(user_id="u1", session_id=sid), DeleteReply,
+        meta,
+    )
+    assert deleted.deleted
+    feed = await bus.request(subjects.HISTORY_FEED, ListFeed(user_id="u1"), MessagePage, meta)
+    assert feed.items == ()
+
+    [archived_msg] = await _wait_for_events(running.nats_url, subjects.SESSION_ARCHIVED, 1)
+    [deleted_msg] = await _wait_for_events(running.nats_url, subjects.SESSION_DELETED, 1)
+    assert (archived_msg.seq or 0) < (deleted_msg.seq or 0)
+    event = SessionDeleted.model_validate_json(deleted_msg.data or b"")
+    assert event.session_id == sid and event.user_id == "u1"
+    headers = deleted_msg.headers or {}
+    assert headers["Nats-Msg-Id"] == f"{sid}.deleted"
+    assert headers[subjects.HEADER_REQUEST_ID] == "req-lifecycle"
+
+
+async def test_an_event_committed_while_the_bus_is_down_is_published_once_later(
+    tmp_path: Path,
+) -> None:
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    broker = make_broker(Settings(nats_url=server.url), "history-test")
+    url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
+    await migrate(url)
+    engine = make_engine(url)
+    store = Store(engine)
+    relay = Relay(store, BusClient(broker, 1.0), interval=0.2, publish_timeout=0.5)
+    service = build_service(store, RecordingPublisher())
+    service.outbox = relay
+    try:
+        await broker.connect()
+        await ensure_streams(broker, (subjects.SESSION_EVENTS_STREAM,))
+        session = (
+            await service.create_session(CreateSession(user_id="u1", persona="p"), META)
+        ).session
+        assert session is not None
+        relay.start()
+
+        server.stop(kill=True)
+        reply = await service.archive_session(
+            ArchiveSession(user_id="u1", session_id=session.id), META
+        )
+        assert reply.session is not None and reply.session.status == "archived"
+        deadline = time.monotonic() + TIMEOUT
+        while not relay._failing:
+            assert time.monotonic() < deadline, "the relay never tried to publish"
+            await asyncio.sleep(0.05)
+
+        server.start()
+        events = await _wait_for_events(server.url, subjects.SESSION_ARCHIVED, 1)
+        while await relay.drain() or relay._failing:  # the row is marked sent
+            assert time.monotonic() < deadline + TIMEOUT
+            await asyncio.sleep(0.05)
+        events = await _stream_messages(
+            server.url, subjects.SESSION_EVENTS_STREAM.name, subjects.SESSION_ARCHIVED
+        )
+        assert len(events) == 1
+        assert (events[0].headers or {})["Nats-Msg-Id"] == f"{session.id}.archived"
+        assert SessionArchived.model_validate_json(events[0].data or b"").session_id == session.id
+    finally:
+        await relay.stop()
+        await broker.stop()
+        await service.cache.aclose()
+        await engine.dispose()
+        server.stop()

@@ -9,22 +9,39 @@ import uuid
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import Executable, func, insert, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from contracts.base import utcnow
-from services.history.db import make_engine, migrate
+from services.history.db import WRITE_OPTION, alembic_config, make_engine, migrate
 from services.history.models import sessions
+from tests.unit.test_history_cache import (  # noqa: F401  (collected again here)
+    cached,
+    test_concurrent_misses_on_one_key_query_the_database_once,
+    test_every_write_retires_exactly_what_it_changed,
+)
+from tests.unit.test_history_outbox import (  # noqa: F401  (collected again here)
+    test_a_dead_relays_claim_expires_and_another_takes_it,
+    test_committed_events_survive_a_crash_before_publishing,
+    test_concurrent_relays_publish_each_event_once,
+    test_rolled_back_writes_emit_nothing,
+)
 from tests.unit.test_history_service import (  # noqa: F401  (collected again here)
-    publisher,
-    service,
+    publisher_fixture,
+    relay_fixture,
+    service_fixture,
     test_append_is_idempotent_on_job_and_role,
+    test_archive_is_announced_once_and_repeats_are_no_ops,
     test_archived_session_refuses_user_but_keeps_assistant_messages,
     test_concurrent_creates_leave_exactly_one_active_session,
     test_concurrent_duplicate_appends_store_one_message,
     test_create_archives_previous_session_of_same_persona,
     test_create_succeeds_when_the_event_cannot_be_published,
+    test_delete_removes_messages_and_announces_it,
+    test_feed_pages_across_sessions_stay_stable_while_messages_arrive,
+    test_feed_refuses_a_bad_or_foreign_cursor,
     test_malformed_cursor_is_invalid,
     test_message_pages_stay_stable_while_messages_arrive,
     test_session_pages_stay_stable_and_filter,
@@ -33,6 +50,7 @@ from tests.unit.test_history_service import (  # noqa: F401  (collected again he
 )
 
 pytestmark = pytest.mark.integration
+HEAD = "0002"
 
 
 async def drop_history_schema(database_url: str) -> None:
@@ -94,7 +112,7 @@ async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> N
 
     assert await _scalar(database_url, select(func.count()).select_from(sessions)) == 1
     assert await _scalar(database_url, f"SELECT version_num FROM {_version_table(backend)}") == (
-        "0001"
+        HEAD
     )
 
 
@@ -117,7 +135,7 @@ async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Pat
     await migrate(url)
 
     assert await _scalar(url, "SELECT version_num FROM alembic_version") == "other-service"
-    assert await _scalar(url, "SELECT version_num FROM history_alembic_version") == "0001"
+    assert await _scalar(url, "SELECT version_num FROM history_alembic_version") == HEAD
     assert await _scalar(url, "SELECT count(*) FROM messages") == 0
 
 
@@ -125,3 +143,32 @@ async def test_migrate_creates_the_sqlite_directory(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/a/b/history.db"
     await migrate(url)
     assert (tmp_path / "a" / "b" / "history.db").exists()
+
+
+async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> None:
+    await migrate(database_url)
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0001"))
+    finally:
+        await engine.dispose()
+    await migrate(database_url)
+    table = "history.outbox" if backend == "postgres" else "outbox"
+    assert await _scalar(database_url, f"SELECT count(*) FROM {table}") == 0
+    assert await _scalar(database_url, f"SELECT version_num FROM {_version_table(backend)}") == (
+        HEAD
+    )
+
+
+async def test_pooler_url_turns_statement_caches_off(postgres_url: str) -> None:
+    engine = make_engine(f"{postgres_url}?prepared_statement_cache_size=0")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None and raw._stmt_cache.get_max_size() == 0
+    finally:
+        await engine.dispose()

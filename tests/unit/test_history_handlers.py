@@ -7,14 +7,19 @@ from typing import Any
 
 import pytest
 from faststream.nats import JStream, NatsBroker, NatsMessage, TestNatsBroker
+from prometheus_client import CollectorRegistry
 
 from contracts import subjects
 from contracts.base import Contract, Ping, Pong, Reply
 from contracts.deadletter import DeadLetter
 from contracts.history import (
     AppendMessage,
+    ArchiveSession,
     CreateSession,
+    DeleteReply,
+    DeleteSession,
     GetSession,
+    ListFeed,
     ListMessages,
     ListSessions,
     MessagePage,
@@ -22,7 +27,10 @@ from contracts.history import (
     SessionPage,
     SessionReply,
 )
+from services.history.cache import Cache, CacheMetrics
+from services.history.cache_backends import MemoryBackend
 from services.history.db import make_engine, migrate
+from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
 from services.history.subscribers import build_router
@@ -56,7 +64,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     engine = make_engine(url)
     broker = NatsBroker()
     bus = BusClient(broker, TIMEOUT)
-    service = ExplodingService(Store(engine), bus, instance="unit-1")
+    store = Store(engine)
+    cache = Cache(MemoryBackend(100), CacheMetrics(CollectorRegistry()))
+    service = ExplodingService(store, cache, Relay(store, bus), instance="unit-1")
     broker.include_router(build_router(service, DeadLetterPublisher(bus, "history")))
     harness = Harness(broker)
 
@@ -156,3 +166,54 @@ async def test_unexpected_failure_is_internal_without_details(harness: Harness) 
     )
     assert reply.error.code == "internal"
     assert "hunter2" not in reply.error.message and "RuntimeError" not in reply.error.message
+
+
+async def test_archive_delete_and_feed_answer_with_their_reply_models(harness: Harness) -> None:
+    created = await harness.ask(
+        subjects.HISTORY_SESSION_CREATE, CreateSession(user_id="u", persona="p"), SessionReply
+    )
+    session_id = created.session.id
+    append = AppendMessage(
+        user_id="u", session_id=session_id, job_id=uuid.uuid4(), role="user", content="hi"
+    )
+    stored = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
+
+    feed = await harness.ask(subjects.HISTORY_FEED, ListFeed(user_id="u"), MessagePage)
+    assert feed.error is None and feed.items == (stored.message,)
+    bad = await harness.ask(subjects.HISTORY_FEED, ListFeed(user_id="u", cursor="x"), MessagePage)
+    assert bad.error.code == "invalid"
+
+    foreign = ArchiveSession(user_id="other", session_id=session_id)
+    refused = await harness.ask(subjects.HISTORY_SESSION_ARCHIVE, foreign, SessionReply)
+    assert refused.error.code == "not_found" and refused.session is None
+    archive = ArchiveSession(user_id="u", session_id=session_id)
+    archived = await harness.ask(subjects.HISTORY_SESSION_ARCHIVE, archive, SessionReply)
+    assert archived.error is None and archived.session.status == "archived"
+    again = await harness.ask(subjects.HISTORY_SESSION_ARCHIVE, archive, SessionReply)
+    assert again.session == archived.session
+
+    delete = DeleteSession(user_id="other", session_id=session_id)
+    missing = await harness.ask(subjects.HISTORY_SESSION_DELETE, delete, DeleteReply)
+    assert missing.error.code == "not_found" and not missing.deleted
+    delete = DeleteSession(user_id="u", session_id=session_id)
+    deleted = await harness.ask(subjects.HISTORY_SESSION_DELETE, delete, DeleteReply)
+    assert deleted.error is None and deleted.deleted
+    gone = await harness.ask(subjects.HISTORY_FEED, ListFeed(user_id="u"), MessagePage)
+    assert gone.items == ()
+    assert harness.dead == []
+
+
+@pytest.mark.parametrize(
+    ("subject", "reply", "body", "name"),
+    [
+        (subjects.HISTORY_SESSION_ARCHIVE, SessionReply, b'{"user_id": "u"}', "ArchiveSession"),
+        (subjects.HISTORY_SESSION_DELETE, DeleteReply, b'{"session_id": 1}', "DeleteSession"),
+        (subjects.HISTORY_FEED, MessagePage, b'{"user_id": "u", "limit": 0}', "ListFeed"),
+    ],
+)
+async def test_malformed_new_requests_are_invalid_and_dead_lettered(
+    harness: Harness, subject: str, reply: type[Reply], body: bytes, name: str
+) -> None:
+    answer = await harness.ask(subject, body, reply)
+    assert answer.error.code == "invalid" and name in answer.error.message
+    assert [letter.subject for letter in harness.dead] == [subject]

@@ -5,26 +5,34 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from contracts import subjects
 from contracts.base import Contract
 from contracts.history import (
     AppendMessage,
+    ArchiveSession,
     CreateSession,
+    DeleteSession,
     GetSession,
+    ListFeed,
     ListMessages,
     ListSessions,
     MessageRecord,
+    Role,
     SessionRecord,
 )
-from contracts.sessions import SessionArchived
+from contracts.sessions import SessionArchived, SessionDeleted
+from services.history.cache import Cache, CacheMetrics
+from services.history.cache_backends import MemoryBackend
 from services.history.db import make_engine, migrate
 from services.history.errors import Conflict, InvalidInput, NotFound
+from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
 from services.runtime.bus import BusUnavailable, RequestMeta
@@ -63,24 +71,36 @@ class RecordingPublisher:
         self.sent.append(Published(subject, body, meta, stream, msg_id))
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
+@pytest.fixture(name="database_url")
+def database_url_fixture(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/nested/history.db"
 
 
-@pytest.fixture
-def publisher() -> RecordingPublisher:
+@pytest.fixture(name="publisher")
+def publisher_fixture() -> RecordingPublisher:
     return RecordingPublisher()
 
 
-@pytest.fixture
-async def service(database_url: str, publisher: RecordingPublisher) -> AsyncIterator[Any]:
+def build_service(store: Store, publisher: RecordingPublisher) -> HistoryService:
+    """Wire a service with an in-process cache and a relay that runs only when drained."""
+    cache = Cache(MemoryBackend(1000), CacheMetrics(CollectorRegistry()))
+    return HistoryService(store, cache, Relay(store, publisher), instance="test")
+
+
+@pytest.fixture(name="service")
+async def service_fixture(database_url: str, publisher: RecordingPublisher) -> AsyncIterator[Any]:
     await migrate(database_url)
     engine = make_engine(database_url)
     try:
-        yield HistoryService(Store(engine), publisher, instance="test")
+        yield build_service(Store(engine), publisher)
     finally:
         await engine.dispose()
+
+
+@pytest.fixture(name="relay")
+def relay_fixture(service: HistoryService) -> Relay:
+    assert isinstance(service.outbox, Relay)
+    return service.outbox
 
 
 async def _create(
@@ -96,7 +116,7 @@ async def _create(
 async def _append(
     service: HistoryService,
     session: SessionRecord,
-    role: str = "user",
+    role: Role = "user",
     job: uuid.UUID | None = None,
     content: str = "hi",
     user: str | None = None,
@@ -106,7 +126,7 @@ async def _append(
             user_id=user or session.user_id,
             session_id=session.id,
             job_id=job or uuid.uuid4(),
-            role=role,  # type: ignore[arg-type]
+            role=role,
             content=content,
         ),
         META,
@@ -124,18 +144,19 @@ async def _get(service: HistoryService, session: SessionRecord) -> SessionRecord
 
 
 async def test_create_archives_previous_session_of_same_persona(
-    service: HistoryService, publisher: RecordingPublisher
+    service: HistoryService, publisher: RecordingPublisher, relay: Relay
 ) -> None:
     first = await _create(service, title="first")
     other_persona = await _create(service, persona="p2")
     other_user = await _create(service, user="bob")
-    assert publisher.sent == []
+    assert await relay.drain() == 0 and publisher.sent == []
 
     second = await _create(service)
+    assert await relay.drain() == 1
 
     old = await _get(service, first)
     assert old.status == "archived" and old.archived_at is not None
-    assert old.archived_at.tzinfo is not None and old.archived_at.utcoffset().total_seconds() == 0
+    assert old.archived_at.tzinfo is not None and old.archived_at.utcoffset() == timedelta(0)
     assert (await _get(service, second)).status == "active"
     assert (await _get(service, other_persona)).status == "active"
     assert (await _get(service, other_user)).status == "active"
@@ -151,19 +172,26 @@ async def test_create_archives_previous_session_of_same_persona(
 
 
 async def test_create_succeeds_when_the_event_cannot_be_published(
-    service: HistoryService, publisher: RecordingPublisher
+    service: HistoryService, publisher: RecordingPublisher, relay: Relay
 ) -> None:
     first = await _create(service)
     publisher.fail = True
     second = await _create(service)
+    assert await relay.drain() == 0
     assert (await _get(service, first)).status == "archived"
     assert (await _get(service, second)).status == "active"
 
+    publisher.fail = False
+    assert await relay.drain() == 1
+    assert [p.msg_id for p in publisher.sent] == [f"{first.id}.archived"]
+    assert await relay.drain() == 0
+
 
 async def test_concurrent_creates_leave_exactly_one_active_session(
-    service: HistoryService, publisher: RecordingPublisher
+    service: HistoryService, publisher: RecordingPublisher, relay: Relay
 ) -> None:
     created = await asyncio.gather(*(_create(service) for _ in range(5)))
+    await relay.drain()
     page = await service.list_sessions(ListSessions(user_id="alice", persona="p1"), META)
     assert {s.id for s in page.items} == {s.id for s in created}
     assert [s.status for s in page.items].count("active") == 1
@@ -252,7 +280,7 @@ async def test_message_pages_stay_stable_while_messages_arrive(service: HistoryS
             break
     assert seen == expected
     times = [m.created_at for m in originals]
-    assert all(t.tzinfo is UTC or t.utcoffset().total_seconds() == 0 for t in times)
+    assert all(t.tzinfo is UTC or t.utcoffset() == timedelta(0) for t in times)
 
 
 async def test_session_pages_stay_stable_and_filter(service: HistoryService) -> None:
@@ -303,3 +331,99 @@ async def test_timestamps_come_back_aware_utc(service: HistoryService) -> None:
     assert stored == session
     assert stored.created_at.tzinfo is not None
     assert stored.created_at.astimezone(UTC) == session.created_at
+
+
+async def test_archive_is_announced_once_and_repeats_are_no_ops(
+    service: HistoryService, publisher: RecordingPublisher, relay: Relay
+) -> None:
+    session = await _create(service)
+    request = ArchiveSession(user_id="alice", session_id=session.id)
+    reply = await service.archive_session(request, META)
+    assert reply.session is not None and reply.session.status == "archived"
+    archived_at = reply.session.archived_at
+    assert archived_at is not None and archived_at >= session.created_at
+
+    again = await service.archive_session(request, META)
+    assert again.session == reply.session
+    assert await _get(service, session) == reply.session
+    assert await relay.drain() == 1
+    [sent] = publisher.sent
+    assert sent.subject == subjects.SESSION_ARCHIVED and sent.msg_id == f"{session.id}.archived"
+    assert sent.meta == META
+    assert sent.body == SessionArchived(
+        session_id=session.id, user_id="alice", persona="p1", archived_at=archived_at
+    )
+    with pytest.raises(NotFound):
+        await service.archive_session(ArchiveSession(user_id="bob", session_id=session.id), META)
+    with pytest.raises(Conflict):
+        await _append(service, session)
+
+
+async def test_delete_removes_messages_and_announces_it(
+    service: HistoryService, publisher: RecordingPublisher, relay: Relay
+) -> None:
+    session = await _create(service)
+    keep = await _create(service, persona="other")
+    for i in range(3):
+        await _append(service, session, content=f"gone {i}")
+    kept, _ = await _append(service, keep, content="kept")
+
+    with pytest.raises(NotFound):
+        await service.delete_session(DeleteSession(user_id="bob", session_id=session.id), META)
+    reply = await service.delete_session(
+        DeleteSession(user_id="alice", session_id=session.id), META
+    )
+    assert reply.deleted and reply.error is None
+
+    with pytest.raises(NotFound):
+        await _get(service, session)
+    with pytest.raises(NotFound):
+        await service.list_messages(ListMessages(user_id="alice", session_id=session.id), META)
+    feed = await service.list_feed(ListFeed(user_id="alice"), META)
+    assert feed.items == (kept,)
+    with pytest.raises(NotFound):
+        await service.delete_session(DeleteSession(user_id="alice", session_id=session.id), META)
+
+    assert await relay.drain() == 1
+    [sent] = publisher.sent
+    assert sent.subject == subjects.SESSION_DELETED and sent.msg_id == f"{session.id}.deleted"
+    assert isinstance(sent.body, SessionDeleted)
+    assert sent.body.session_id == session.id and sent.body.user_id == "alice"
+
+
+async def test_feed_pages_across_sessions_stay_stable_while_messages_arrive(
+    service: HistoryService,
+) -> None:
+    sessions = [await _create(service, persona=f"p{i}") for i in range(3)]
+    other = await _create(service, user="bob")
+    await _append(service, other, content="not alice's")
+    originals = [
+        (await _append(service, sessions[i % 3], content=f"m{i}"))[0] for i in range(8)
+    ]
+    expected = [m.id for m in reversed(originals)]
+
+    seen: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = await service.list_feed(ListFeed(user_id="alice", limit=3, cursor=cursor), META)
+        seen += [m.id for m in page.items]
+        await _append(service, sessions[0], content="arrived between pages")
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == expected
+    assert len(set(seen)) == len(seen)
+
+
+async def test_feed_refuses_a_bad_or_foreign_cursor(service: HistoryService) -> None:
+    session = await _create(service)
+    for i in range(2):
+        await _append(service, session, content=f"m{i}")
+    with pytest.raises(InvalidInput):
+        await service.list_feed(ListFeed(user_id="alice", cursor="garbage"), META)
+    page = await service.list_messages(
+        ListMessages(user_id="alice", session_id=session.id, limit=1), META
+    )
+    assert page.next_cursor is not None
+    with pytest.raises(InvalidInput):
+        await service.list_feed(ListFeed(user_id="alice", cursor=page.next_cursor), META)
