@@ -1,43 +1,208 @@
-"""Bus edges of the memory service."""
+"""Bus edges of the memory service: requests answered with replies, events settled by hand."""
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsMessage, NatsRouter, PullSub
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.base import Ping, Pong
-from contracts.sessions import SessionArchived
+from contracts.base import Contract, Ping, Pong, Reply
+from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
+from contracts.sessions import SessionArchived, SessionDeleted
 from services.memory.config import Settings
+from services.memory.errors import (
+    MemoryServiceError,
+    Settle,
+    Verdict,
+    internal,
+    invalid,
+    to_bus_error,
+    verdict_for,
+)
 from services.memory.service import MemoryService
+from services.runtime.bus import RequestMeta
 from services.runtime.deadletter import DeadLetterPublisher
+
+Req = TypeVar("Req", bound=Contract)
+Rep = TypeVar("Rep", bound=Reply)
+E = TypeVar("E", bound=Contract)
+log = structlog.get_logger("chatbus.memory.subscribers")
+# Deliveries that ended without a verdict (crashed replicas) are retried up to this many
+# times the attempts, so a message that kills its consumer cannot loop for ever.
+CRASH_SLACK = 2
+
+
+def describe(exc: ValidationError) -> str:
+    """Summarise validation errors as ``field: problem`` pairs, without echoing input."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)[:1500]
+
+
+def consumer_config(settings: Settings, durable: str, subject: str) -> ConsumerConfig:
+    """Describe a durable pull consumer of session events.
+
+    Deliveries are not capped by the server: attempts are counted here by the
+    delivery count and end in a dead letter, which the server would not write.
+    """
+    return ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=JsAckPolicy.EXPLICIT,
+        ack_wait=settings.memory_ack_wait,
+        max_deliver=-1,
+    )
+
+
+class Edge:
+    """Turn raw messages into service calls and every outcome into a reply or a settlement."""
+
+    def __init__(self, settings: Settings, deadletters: DeadLetterPublisher) -> None:
+        self.settings = settings
+        self.deadletters = deadletters
+
+    async def answer(
+        self,
+        msg: NatsMessage,
+        request_type: type[Req],
+        reply_type: type[Rep],
+        call: Callable[[Req, RequestMeta], Awaitable[Rep]],
+    ) -> Rep:
+        """Validate the body, run ``call``, and map every failure to an error reply."""
+        try:
+            request = request_type.model_validate_json(msg.body)
+        except ValidationError as exc:
+            reason = f"invalid {request_type.__name__}: {describe(exc)}"
+            await self.deadletters.publish(msg, reason)
+            return reply_type(error=invalid(reason))
+        try:
+            return await call(request, RequestMeta.from_headers(msg.headers))
+        except MemoryServiceError as exc:
+            return reply_type(error=to_bus_error(exc))
+        except Exception:
+            log.exception("memory request failed", request=request_type.__name__)
+            return reply_type(error=internal())
+
+    async def consume(
+        self,
+        msg: NatsMessage,
+        event_type: type[E],
+        call: Callable[[E, RequestMeta], Awaitable[object]],
+    ) -> None:
+        """Validate an event, run ``call``, then ack, retry or dead-letter it."""
+        try:
+            event = event_type.model_validate_json(msg.body)
+        except ValidationError as exc:
+            reason = f"not a {event_type.__name__}: {describe(exc)}"
+            await self.settle(msg, Verdict(Settle.GIVE_UP, reason=reason))
+            return
+        deliveries = int(msg.raw_message.metadata.num_delivered or 1)
+        max_attempts = self.settings.memory_max_attempts
+        if deliveries > CRASH_SLACK * max_attempts:
+            reason = f"delivered {deliveries} times without finishing"
+            await self.settle(msg, Verdict(Settle.GIVE_UP, reason=reason))
+            return
+        try:
+            await call(event, RequestMeta.from_headers(msg.headers))
+        except Exception as exc:
+            verdict = verdict_for(
+                exc,
+                deliveries=deliveries,
+                max_attempts=max_attempts,
+                retry_delay=self.settings.memory_retry_delay,
+            )
+            if isinstance(exc, MemoryServiceError):
+                log.warning(
+                    "attempt failed",
+                    kind=event_type.__name__,
+                    reason=verdict.reason,
+                    deliveries=deliveries,
+                    settle=verdict.settle.value,
+                )
+            else:
+                log.exception(
+                    "attempt failed unexpectedly",
+                    kind=event_type.__name__,
+                    deliveries=deliveries,
+                    settle=verdict.settle.value,
+                )
+            await self.settle(msg, verdict)
+            return
+        await self.settle(msg, Verdict(Settle.ACK))
+
+    async def settle(self, msg: NatsMessage, verdict: Verdict) -> None:
+        """Apply a verdict: the one mapping from outcomes to ack, nak and term."""
+        try:
+            if verdict.settle is Settle.ACK:
+                await msg.ack()
+            elif verdict.settle is Settle.RETRY:
+                await msg.nack(delay=verdict.delay or None)
+            else:
+                await self.deadletters.publish(msg, verdict.reason)
+                await msg.reject()
+        except Exception as exc:
+            # The server redelivers an unsettled message after its ack deadline.
+            log.warning("could not settle a message", error=repr(exc))
 
 
 def build_router(
     settings: Settings, service: MemoryService, deadletters: DeadLetterPublisher
 ) -> NatsRouter:
-    """Wire the memory service's subjects to its handlers."""
+    """Wire the memory subjects to the service: a queue group and two durable consumers."""
     router = NatsRouter()
+    edge = Edge(settings, deadletters)
+    queue, workers = subjects.MEMORY_QUEUE, settings.request_concurrency
+    stream = JStream(subjects.SESSION_EVENTS_STREAM.name, declare=False)
+    # One pull brings a batch that runs together; the next pull waits for the whole batch,
+    # so no fetched message waits unheartbeated behind a busy worker.
+    pull = PullSub(batch_size=settings.memory_concurrency, timeout=settings.memory_fetch_timeout)
 
-    @router.subscriber(subjects.MEMORY_PING, queue=subjects.MEMORY_QUEUE)
-    async def ping(_: Ping) -> Pong:
-        return Pong(service="memory", instance=settings.instance)
+    @router.subscriber(subjects.MEMORY_RECALL, queue=queue, max_workers=workers)
+    async def recall(msg: NatsMessage) -> MemoryPage:
+        return await edge.answer(msg, RecallMemories, MemoryPage, service.recall)
+
+    @router.subscriber(subjects.MEMORY_DELETE, queue=queue, max_workers=workers)
+    async def delete(msg: NatsMessage) -> MemoryDeleted:
+        return await edge.answer(msg, DeleteMemory, MemoryDeleted, service.delete_memory)
+
+    @router.subscriber(subjects.MEMORY_PING, queue=queue)
+    async def ping(msg: NatsMessage) -> Pong:
+        return await edge.answer(msg, Ping, Pong, service.ping)
 
     @router.subscriber(
         subjects.SESSION_ARCHIVED,
-        stream=JStream(subjects.SESSION_EVENTS_STREAM.name, declare=False),
+        stream=stream,
         durable=subjects.MEMORY_ARCHIVED_DURABLE,
-        pull_sub=PullSub(batch_size=10, timeout=5.0),
-        config=ConsumerConfig(ack_wait=60, max_deliver=5),
-        # A failure is retried rather than terminated (FastStream's default drops it).
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        config=consumer_config(
+            settings, subjects.MEMORY_ARCHIVED_DURABLE, subjects.SESSION_ARCHIVED
+        ),
+        pull_sub=pull,
+        ack_policy=AckPolicy.MANUAL,
     )
     async def session_archived(msg: NatsMessage) -> None:
-        try:
-            event = SessionArchived.model_validate_json(msg.body)
-        except ValidationError as exc:
-            await deadletters.publish(msg, f"not a SessionArchived: {exc}")
-            return
-        await service.on_session_archived(event)
+        async def generate(event: SessionArchived, meta: RequestMeta) -> object:
+            return await service.generate(event, meta, heartbeat=msg.in_progress)
+
+        await edge.consume(msg, SessionArchived, generate)
+
+    @router.subscriber(
+        subjects.SESSION_DELETED,
+        stream=stream,
+        durable=subjects.MEMORY_DELETED_DURABLE,
+        config=consumer_config(settings, subjects.MEMORY_DELETED_DURABLE, subjects.SESSION_DELETED),
+        pull_sub=PullSub(batch_size=1, timeout=settings.memory_fetch_timeout),
+        ack_policy=AckPolicy.MANUAL,
+    )
+    async def session_deleted(msg: NatsMessage) -> None:
+        await edge.consume(msg, SessionDeleted, service.forget_session)
 
     return router

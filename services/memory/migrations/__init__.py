@@ -1,0 +1,1 @@
+"""Alembic migrations of the memory service (run through ``services.memory.db.migrate``)."""
