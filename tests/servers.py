@@ -29,9 +29,15 @@ def docker_answers() -> str | None:
     try:
         import docker
 
-        docker.from_env().ping()
+        client = docker.from_env()
     except Exception as exc:
         return f"no Docker engine answers ({type(exc).__name__})"
+    try:
+        client.ping()
+    except Exception as exc:
+        return f"no Docker engine answers ({type(exc).__name__})"
+    finally:
+        client.close()  # the probe's socket must not outlive it (warnings are errors in tests)
     return None
 
 
