@@ -25,19 +25,25 @@ REDIS_IMAGE = os.environ.get("CHATBUS_TEST_REDIS_IMAGE", "redis:7")
 
 
 def docker_answers() -> str | None:
-    """Return None when a Docker engine answers, else why not."""
+    """Return None when a Docker engine answers ``GET /_ping``, else why not."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        import docker
-
-        client = docker.from_env()
-    except Exception as exc:
-        return f"no Docker engine answers ({type(exc).__name__})"
-    try:
-        client.ping()
-    except Exception as exc:
-        return f"no Docker engine answers ({type(exc).__name__})"
-    finally:
-        client.close()  # the probe's socket must not outlive it (warnings are errors in tests)
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = host.removeprefix("unix://")
+        else:
+            hostport = host.split("://", 1)[-1].rsplit(":", 1)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (hostport[0], int(hostport[1]) if len(hostport) > 1 else 2375)
+        with sock:
+            sock.settimeout(2)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            answer = sock.recv(64)
+    except (OSError, ValueError) as exc:
+        return f"no Docker engine answers at {host} ({exc})"
+    if b" 200 " not in answer:
+        return f"the Docker engine at {host} answered {answer[:40]!r}"
     return None
 
 
