@@ -13,7 +13,7 @@ from services.gateway.bus import GatewayBus, NatsBus
 from services.gateway.config import Settings
 from services.gateway.errors import PROBLEM_JSON, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware
-from services.gateway.routes import jobs, messages, ops, sessions
+from services.gateway.routes import history, jobs, memories, messages, ops, sessions
 from services.runtime.bus import ensure_streams, jobs_bucket, lanes_bucket, make_broker
 
 log = structlog.get_logger("chatbus.gateway")
@@ -61,7 +61,7 @@ def create_app(settings: Settings, bus: GatewayBus | None = None) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware, latency=latency, max_body_bytes=settings.max_body_bytes
     )
-    for module in (sessions, messages, jobs, ops):
+    for module in (sessions, messages, jobs, history, memories, ops):
         app.include_router(module.router)
     _document_problems_as_problem_json(app)
     return app

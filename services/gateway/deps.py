@@ -49,7 +49,6 @@ def build_service(bus: GatewayBus, settings: Settings) -> GatewayService:
         bus,
         timeout=settings.bus_request_timeout,
         max_content_bytes=settings.max_content_bytes,
-        ready_timeout=settings.ready_timeout,
         max_active_jobs=settings.max_active_jobs_per_user,
         cancel_wait=settings.cancel_wait_seconds,
     )

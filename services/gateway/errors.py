@@ -83,10 +83,14 @@ class TooManyJobs(GatewayError):
 
 
 class Invalid(GatewayError):
-    """A service refused the input."""
+    """A service refused the input; ``loc`` names the field when the gateway knows it."""
 
     status = 422
     code: ErrorCode = "invalid"
+
+    def __init__(self, detail: str, loc: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.loc = loc
 
 
 class Unavailable(GatewayError):
@@ -152,7 +156,10 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     log = structlog.get_logger("chatbus.gateway.errors")
     headers: dict[str, str] = {}
-    if isinstance(exc, Unauthorized):
+    errors: list[dict[str, Any]] | None = None
+    if isinstance(exc, Invalid):
+        errors = [{"loc": list(exc.loc), "msg": exc.detail, "type": "invalid"}]
+    elif isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, TooManyJobs):
         headers.update(retry_after(request))
@@ -162,7 +169,7 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
         log.warning("service unavailable", detail=exc.detail)
     elif isinstance(exc, Internal):
         log.error("a service reported an internal error", detail=exc.detail, exc_info=exc)
-    return problem(exc.status, exc.detail, request_id_of(request), headers=headers)
+    return problem(exc.status, exc.detail, request_id_of(request), errors=errors, headers=headers)
 
 
 async def _bus_error(request: Request, exc: Exception) -> Response:

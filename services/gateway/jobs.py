@@ -130,6 +130,17 @@ class Jobs:
             raise Conflict(f"the job already ended: {state.status}")
         return await self._stop(state, revision, meta, self.cancel_wait)
 
+    async def cancel_session(self, user_id: str, session_id: UUID, meta: RequestMeta) -> int:
+        """Cancel the session's unfinished jobs without waiting; return how many were."""
+        lane = await self.bus.prune_lane(subjects.session_lane(session_id), self.is_finished)
+        stopped = 0
+        for job_id in lane.jobs:
+            try:
+                stopped += await self._interrupt(job_id, user_id, meta)
+            except NotFound:  # the job was deleted meanwhile: nothing left to stop
+                continue
+        return stopped
+
     async def _join_user_lane(self, job: JobState) -> None:
         key = subjects.user_lane(job.user_id)
         try:
@@ -165,13 +176,15 @@ class Jobs:
 
         await self.bus.change_lane(key, join_if_idle)
 
-    async def _interrupt(self, job_id: UUID, user_id: str, meta: RequestMeta) -> None:
+    async def _interrupt(self, job_id: UUID, user_id: str, meta: RequestMeta) -> bool:
         found = await self.bus.get_job(job_id)
         if found is None or found[0].user_id != user_id:
-            return
+            return False
         state, revision = await self.reconcile(*found)
-        if not state.finished:
-            await self._stop(state, revision, meta, wait=0)
+        if state.finished:
+            return False
+        await self._stop(state, revision, meta, wait=0)
+        return True
 
     async def _stop(
         self, state: JobState, revision: int, meta: RequestMeta, wait: float
@@ -214,4 +227,3 @@ class Jobs:
             await self.bus.delete_job(job.id, revision)
         except BusError as exc:
             log.warning("could not discard a refused job", job_id=str(job.id), error=str(exc))
-

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from contracts.base import ErrorCode
 from contracts.chat import JobState, JobStatus
 from contracts.history import PERSONA_PATTERN, MessageRecord, Role, SessionRecord, SessionStatus
+from contracts.memory import MemoryRecord
 
 T = TypeVar("T")
 
@@ -68,6 +69,21 @@ class MessageRead(BaseModel):
     @classmethod
     def of(cls, record: MessageRecord) -> "MessageRead":
         """Convert a history record."""
+        return cls.model_validate(record.model_dump(exclude={"user_id", "schema_version"}))
+
+
+class MemoryRead(BaseModel):
+    """A long-term memory as clients see it."""
+
+    id: UUID
+    session_id: UUID
+    persona: str
+    content: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: MemoryRecord) -> "MemoryRead":
+        """Convert a memory record."""
         return cls.model_validate(record.model_dump(exclude={"user_id", "schema_version"}))
 
 

@@ -1,6 +1,5 @@
 """What the gateway does for a caller, over the bus and the job bucket (no HTTP here)."""
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,12 +10,16 @@ from uuid import UUID
 import structlog
 
 from contracts import subjects
-from contracts.base import Contract, Ping, Pong, Reply, utcnow
+from contracts.base import Contract, Reply, utcnow
 from contracts.chat import JobState, RequestChat
 from contracts.history import (
     AppendMessage,
+    ArchiveSession,
     CreateSession,
+    DeleteReply,
+    DeleteSession,
     GetSession,
+    ListFeed,
     ListMessages,
     ListSessions,
     MessagePage,
@@ -26,8 +29,9 @@ from contracts.history import (
     SessionReply,
     SessionStatus,
 )
+from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from services.gateway.bus import GatewayBus
-from services.gateway.errors import Conflict, ContentTooLarge, NotFound, from_reply
+from services.gateway.errors import Conflict, ContentTooLarge, Invalid, NotFound, from_reply
 from services.gateway.events import JobEvent, JobEvents
 from services.gateway.jobs import Jobs, Multitask, lease_expired
 from services.runtime.bus import BusError, BusProtocolError, BusTimeout, BusUnavailable, RequestMeta
@@ -38,11 +42,6 @@ log = structlog.get_logger("chatbus.gateway")
 
 # Idempotency keys map to job ids through this namespace, scoped by user.
 IDEMPOTENCY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://chatbus/idempotency-key")
-READY_SERVICES = {
-    "history": subjects.HISTORY_PING,
-    "agent": subjects.AGENT_PING,
-    "memory": subjects.MEMORY_PING,
-}
 
 
 @dataclass(frozen=True)
@@ -77,14 +76,12 @@ class GatewayService:
         *,
         timeout: float,
         max_content_bytes: int,
-        ready_timeout: float,
         max_active_jobs: int = 8,
         cancel_wait: float = 2.0,
     ) -> None:
         self.bus = bus
         self.timeout = timeout
         self.max_content_bytes = max_content_bytes
-        self.ready_timeout = ready_timeout
         self.jobs = Jobs(
             bus, timeout=timeout, max_active=max_active_jobs, cancel_wait=cancel_wait
         )
@@ -101,10 +98,7 @@ class GatewayService:
         """Return one of the caller's sessions."""
         body = GetSession(user_id=caller.user_id, session_id=session_id)
         reply = await self._ask(caller, subjects.HISTORY_SESSION_GET, body, SessionReply)
-        session = _required(reply.session, subjects.HISTORY_SESSION_GET)
-        if session.user_id != caller.user_id:
-            raise NotFound("no such session")
-        return session
+        return self._own_session(_required(reply.session, subjects.HISTORY_SESSION_GET), caller)
 
     async def list_sessions(
         self,
@@ -118,7 +112,44 @@ class GatewayService:
         body = ListSessions(
             user_id=caller.user_id, status=status, persona=persona, limit=limit, cursor=cursor
         )
-        return await self._ask(caller, subjects.HISTORY_SESSION_LIST, body, SessionPage)
+        return await self._page(caller, subjects.HISTORY_SESSION_LIST, body, SessionPage)
+
+    async def archive_session(self, caller: Caller, session_id: UUID) -> SessionRecord:
+        """Archive one of the caller's sessions (history then queues its memories)."""
+        body = ArchiveSession(user_id=caller.user_id, session_id=session_id)
+        reply = await self._ask(caller, subjects.HISTORY_SESSION_ARCHIVE, body, SessionReply)
+        return self._own_session(_required(reply.session, subjects.HISTORY_SESSION_ARCHIVE), caller)
+
+    async def delete_session(self, caller: Caller, session_id: UUID) -> None:
+        """Cancel the session's unfinished jobs, then delete it with its messages and memories."""
+        await self.get_session(caller, session_id)
+        await self.jobs.cancel_session(caller.user_id, session_id, self._meta(caller))
+        body = DeleteSession(user_id=caller.user_id, session_id=session_id)
+        await self._ask(caller, subjects.HISTORY_SESSION_DELETE, body, DeleteReply)
+
+    async def list_feed(self, caller: Caller, limit: int, cursor: str | None) -> MessagePage:
+        """Return a page of the caller's messages across all sessions, newest first."""
+        body = ListFeed(user_id=caller.user_id, limit=limit, cursor=cursor)
+        return await self._page(caller, subjects.HISTORY_FEED, body, MessagePage)
+
+    async def recall_memories(
+        self,
+        caller: Caller,
+        persona: str | None,
+        query: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> MemoryPage:
+        """Return a page of the caller's memories, newest first, by persona and text."""
+        body = RecallMemories(
+            user_id=caller.user_id, persona=persona, query=query, limit=limit, cursor=cursor
+        )
+        return await self._page(caller, subjects.MEMORY_RECALL, body, MemoryPage)
+
+    async def delete_memory(self, caller: Caller, memory_id: UUID) -> None:
+        """Delete one of the caller's memories."""
+        body = DeleteMemory(user_id=caller.user_id, memory_id=memory_id)
+        await self._ask(caller, subjects.MEMORY_DELETE, body, MemoryDeleted)
 
     async def list_messages(
         self, caller: Caller, session_id: UUID, limit: int, cursor: str | None
@@ -127,7 +158,7 @@ class GatewayService:
         body = ListMessages(
             user_id=caller.user_id, session_id=session_id, limit=limit, cursor=cursor
         )
-        return await self._ask(caller, subjects.HISTORY_MESSAGE_LIST, body, MessagePage)
+        return await self._page(caller, subjects.HISTORY_MESSAGE_LIST, body, MessagePage)
 
     async def get_job(self, caller: Caller, job_id: UUID) -> JobState:
         """Return one of the caller's jobs, requeued if its worker is gone."""
@@ -195,28 +226,6 @@ class GatewayService:
             return job
         return latest
 
-    async def readiness(self, request_id: str) -> dict[str, str]:
-        """Ping every service the gateway needs, at once; name each one's state."""
-        if not self.bus.connected:
-            return {"nats": "down", **{name: "down: bus unavailable" for name in READY_SERVICES}}
-        names = list(READY_SERVICES)
-        states = await asyncio.gather(
-            *(self._ping(READY_SERVICES[name], request_id) for name in names)
-        )
-        return {"nats": "ok", **dict(zip(names, states, strict=True))}
-
-    async def _ping(self, subject: str, request_id: str) -> str:
-        meta = RequestMeta(request_id, None, time.time() + self.ready_timeout)
-        try:
-            reply = await self.bus.request(subject, Ping(), Pong, meta, self.ready_timeout)
-        except BusUnavailable:
-            return "down: no responders"
-        except BusTimeout:
-            return "down: timeout"
-        except BusError as exc:
-            return f"down: {type(exc).__name__}"
-        return "ok" if reply.error is None else f"down: {reply.error.code}"
-
     async def _enqueue(
         self, caller: Caller, job: JobState, session: SessionRecord, content: str
     ) -> None:
@@ -253,8 +262,24 @@ class GatewayService:
             raise from_reply(reply.error)
         return reply
 
+    async def _page(
+        self, caller: Caller, subject: str, body: Contract, reply_type: type[R]
+    ) -> R:
+        try:
+            return await self._ask(caller, subject, body, reply_type)
+        except Invalid as exc:
+            # Every other parameter was validated here; only the opaque cursor can be refused.
+            raise Invalid(exc.detail, loc=("query", "cursor")) from exc
+
     def _meta(self, caller: Caller) -> RequestMeta:
         return RequestMeta(caller.request_id, caller.user_id, time.time() + self.timeout)
+
+    @staticmethod
+    def _own_session(session: SessionRecord, caller: Caller) -> SessionRecord:
+        # History checks ownership too; a reply naming another user is never shown.
+        if session.user_id != caller.user_id:
+            raise NotFound("no such session")
+        return session
 
     @staticmethod
     def _owned(job: JobState, caller: Caller) -> JobState:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -22,8 +22,12 @@ from contracts.base import BusError, Contract, Ping, Pong, Reply, utcnow
 from contracts.chat import ChatDelta, JobLane, JobState
 from contracts.history import (
     AppendMessage,
+    ArchiveSession,
     CreateSession,
+    DeleteReply,
+    DeleteSession,
     GetSession,
+    ListFeed,
     ListMessages,
     ListSessions,
     MessagePage,
@@ -32,6 +36,13 @@ from contracts.history import (
     SessionPage,
     SessionRecord,
     SessionReply,
+)
+from contracts.memory import (
+    DeleteMemory,
+    MemoryDeleted,
+    MemoryPage,
+    MemoryRecord,
+    RecallMemories,
 )
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
@@ -49,6 +60,12 @@ class FakeHistory:
     def __init__(self) -> None:
         self.sessions: dict[UUID, SessionRecord] = {}
         self.messages: dict[UUID, list[MessageRecord]] = {}
+        self.last = utcnow()
+
+    def tick(self) -> datetime:
+        """Return the time now, strictly after the last one handed out (newest first is exact)."""
+        self.last = max(utcnow(), self.last + timedelta(microseconds=1))
+        return self.last
 
     def create_session(self, req: CreateSession) -> SessionReply:
         """Create a session, archiving the user's active one of the persona."""
@@ -117,7 +134,7 @@ class FakeHistory:
             user_id=req.user_id,
             role=req.role,
             content=req.content,
-            created_at=utcnow(),
+            created_at=self.tick(),
             job_id=req.job_id,
         )
         self.messages[req.session_id].append(record)
@@ -138,6 +155,43 @@ class FakeHistory:
             items=tuple(rows[start:end]), next_cursor=str(end) if end < len(rows) else None
         )
 
+    def archive_session(self, req: ArchiveSession) -> SessionReply:
+        """Archive a session of the user; an archived one is returned unchanged."""
+        found = self.sessions.get(req.session_id)
+        if found is None or found.user_id != req.user_id:
+            return SessionReply(error=BusError(code="not_found", message="no such session"))
+        if found.status == "active":
+            now = utcnow()
+            found = found.model_copy(
+                update={"status": "archived", "archived_at": now, "updated_at": now}
+            )
+            self.sessions[found.id] = found
+        return SessionReply(session=found)
+
+    def delete_session(self, req: DeleteSession) -> DeleteReply:
+        """Delete a session of the user with its messages."""
+        found = self.sessions.get(req.session_id)
+        if found is None or found.user_id != req.user_id:
+            return DeleteReply(error=BusError(code="not_found", message="no such session"))
+        del self.sessions[req.session_id]
+        del self.messages[req.session_id]
+        return DeleteReply(deleted=True)
+
+    def list_feed(self, req: ListFeed) -> MessagePage:
+        """Return a page of the user's messages across sessions, newest first."""
+        start = offset(req.cursor)
+        if start is None:
+            return MessagePage(error=BusError(code="invalid", message="malformed cursor"))
+        rows = sorted(
+            (m for ms in self.messages.values() for m in ms if m.user_id == req.user_id),
+            key=lambda m: m.created_at,
+            reverse=True,
+        )
+        end = start + req.limit
+        return MessagePage(
+            items=tuple(rows[start:end]), next_cursor=str(end) if end < len(rows) else None
+        )
+
     @staticmethod
     def ping(_: Ping) -> Pong:
         """Answer a ping."""
@@ -151,8 +205,75 @@ class FakeHistory:
             subjects.HISTORY_SESSION_LIST: (ListSessions, self.list_sessions),
             subjects.HISTORY_MESSAGE_APPEND: (AppendMessage, self.append_message),
             subjects.HISTORY_MESSAGE_LIST: (ListMessages, self.list_messages),
+            subjects.HISTORY_SESSION_ARCHIVE: (ArchiveSession, self.archive_session),
+            subjects.HISTORY_SESSION_DELETE: (DeleteSession, self.delete_session),
+            subjects.HISTORY_FEED: (ListFeed, self.list_feed),
             subjects.HISTORY_PING: (Ping, self.ping),
         }
+
+
+class FakeMemory:
+    """The memory service's recall and delete over a dict."""
+
+    def __init__(self) -> None:
+        self.memories: dict[UUID, MemoryRecord] = {}
+
+    def add(self, user_id: str, session_id: UUID, persona: str, content: str) -> MemoryRecord:
+        """Store a memory as generation would."""
+        record = MemoryRecord(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            session_id=session_id,
+            persona=persona,
+            content=content,
+            created_at=utcnow() + timedelta(microseconds=len(self.memories)),
+        )
+        self.memories[record.id] = record
+        return record
+
+    def recall(self, req: RecallMemories) -> MemoryPage:
+        """Return a page of the user's memories, newest first, by persona and text."""
+        start = offset(req.cursor)
+        if start is None:
+            return MemoryPage(error=BusError(code="invalid", message="malformed cursor"))
+        query = (req.query or "").casefold()
+        rows = sorted(
+            (
+                m
+                for m in self.memories.values()
+                if m.user_id == req.user_id
+                and (req.persona is None or m.persona == req.persona)
+                and query in m.content.casefold()
+            ),
+            key=lambda m: m.created_at,
+            reverse=True,
+        )
+        end = start + req.limit
+        return MemoryPage(
+            items=tuple(rows[start:end]), next_cursor=str(end) if end < len(rows) else None
+        )
+
+    def delete(self, req: DeleteMemory) -> MemoryDeleted:
+        """Delete a memory of the user."""
+        found = self.memories.get(req.memory_id)
+        if found is None or found.user_id != req.user_id:
+            return MemoryDeleted(error=BusError(code="not_found", message="no such memory"))
+        del self.memories[req.memory_id]
+        return MemoryDeleted(deleted=True)
+
+    def handlers(self) -> dict[str, tuple[type[Contract], Callable[[Any], Reply]]]:
+        """Map each memory subject to its request type and handler."""
+        return {
+            subjects.MEMORY_RECALL: (RecallMemories, self.recall),
+            subjects.MEMORY_DELETE: (DeleteMemory, self.delete),
+        }
+
+
+def offset(cursor: str | None) -> int | None:
+    """Read a fake cursor (an offset); None when it is malformed."""
+    if cursor is None:
+        return 0
+    return int(cursor) if cursor.isdigit() else None
 
 
 @dataclass
@@ -210,6 +331,7 @@ class FakeBus:
     """The gateway's bus in memory: handlers by subject, a job dict, a list of publications."""
 
     history: FakeHistory = field(default_factory=FakeHistory)
+    memory: FakeMemory = field(default_factory=FakeMemory)
     connected: bool = True
     failures: dict[str, Exception] = field(default_factory=dict)
     extra: dict[str, Callable[[Any], Reply]] = field(default_factory=dict)
@@ -242,7 +364,7 @@ class FakeBus:
             raise self.failures[subject]
         if subject in self.extra:
             reply = self.extra[subject](body)
-        elif subject in (routes := self.history.handlers()):
+        elif subject in (routes := {**self.history.handlers(), **self.memory.handlers()}):
             reply = routes[subject][1](body)
         else:
             raise BusUnavailable(f"no service answers {subject}")

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.gateway.deps import RequestId, SettingsDep, build_service
+from services.gateway.deps import RequestId, SettingsDep
 from services.gateway.errors import retry_after
-from services.gateway.service import READY_SERVICES
+from services.gateway.readiness import READY_SERVICES, all_down, readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -33,9 +33,9 @@ async def readyz(request: Request, settings: SettingsDep, request_id: RequestId)
     """Tell whether the bus and every service the gateway needs answer."""
     bus = request.app.state.bus
     if bus is None:
-        states = {"nats": "down", **dict.fromkeys(READY_SERVICES, "down: bus unavailable")}
+        states = all_down("bus unavailable")
     else:
-        states = await build_service(bus, settings).readiness(request_id)
+        states = await readiness(bus, request_id, settings.ready_timeout)
     if all(state == "ok" for state in states.values()):
         return JSONResponse(states)
     return JSONResponse(states, status_code=503, headers=retry_after(request))
