@@ -72,7 +72,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # The driver's own implicit transactions are off; _sqlite_begin opens them instead.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    for pragma in ("foreign_keys = ON", "journal_mode = WAL", "busy_timeout = 10000"):
+    # WAL with synchronous=NORMAL survives a crash of any process; only an OS crash or power
+    # loss can drop the last commits. Production runs on Postgres.
+    pragmas = (
+        "foreign_keys = ON",
+        "journal_mode = WAL",
+        "synchronous = NORMAL",
+        "busy_timeout = 10000",
+    )
+    for pragma in pragmas:
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
