@@ -1,4 +1,4 @@
-"""Wire the agent: broker, job store, model client, runner and subscribers."""
+"""Wire the agent: broker, job store, lanes, model client, runner, consumer and subscribers."""
 
 import logging
 
@@ -8,7 +8,8 @@ from faststream import FastStream
 from contracts import subjects
 from services.agent.bus import BusEvents, BusHistory
 from services.agent.config import Settings
-from services.agent.jobs import KvJobStore
+from services.agent.consumer import JobConsumer
+from services.agent.jobs import KvJobStore, KvLanes
 from services.agent.llm import OpenAIChat
 from services.agent.service import JobRunner
 from services.agent.subscribers import ensure_consumer, register
@@ -19,10 +20,16 @@ STREAMS = (subjects.CHAT_JOBS_STREAM, subjects.CHAT_EVENTS_STREAM, subjects.DEAD
 
 
 def create_app(settings: Settings) -> FastStream:
-    """Build the agent application; nothing connects until it starts."""
+    """Build the agent application; nothing connects until it starts.
+
+    On SIGTERM FastStream runs ``on_shutdown`` before it stops the broker: the
+    consumer stops fetching, running jobs get ``AGENT_SHUTDOWN_GRACE`` seconds,
+    and the rest are written back as queued and nak'ed for another replica.
+    """
     broker = make_broker(settings, "agent")
     bus = BusClient(broker, settings.bus_request_timeout)
     store = KvJobStore()
+    lanes = KvLanes()
     llm = OpenAIChat(settings)
     runner = JobRunner(
         settings,
@@ -30,23 +37,32 @@ def create_app(settings: Settings) -> FastStream:
         history=BusHistory(bus, settings.bus_request_timeout),
         llm=llm,
         events=BusEvents(bus, settings.bus_request_timeout),
+        lanes=lanes,
     )
     register(broker, runner, settings)
+    consumer = JobConsumer(broker, runner, settings)
 
     async def prepare() -> None:
-        # FastStream starts subscribers inside broker.start(), after on_startup: connect
-        # early so the streams, the consumer and the bucket exist before the first fetch.
         await broker.connect()
         await ensure_streams(broker, STREAMS)
         await ensure_consumer(broker, settings)
         await store.open(broker)
+        await lanes.open(broker)
+
+    async def begin() -> None:
+        # After broker.start(): the cancel subscriber listens before the first job runs.
+        await consumer.start()
         log.info(
-            "agent starting",
+            "agent started",
             model=settings.llm_model,
             base_url=settings.openai_base_url or "https://api.openai.com/v1",
             concurrency=settings.agent_concurrency,
             max_attempts=settings.agent_max_attempts,
         )
+
+    async def drain() -> None:
+        await consumer.stop()
+        log.info("agent stopped taking jobs; none left running")
 
     async def close() -> None:
         await llm.close()
@@ -55,5 +71,7 @@ def create_app(settings: Settings) -> FastStream:
         broker,
         logger=logging.getLogger("chatbus.agent.app"),
         on_startup=[prepare],
+        after_startup=[begin],
+        on_shutdown=[drain],
         after_shutdown=[close],
     )

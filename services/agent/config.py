@@ -14,7 +14,7 @@ PLACEHOLDER_API_KEY = "not-needed"  # the SDK insists on a key even for keyless 
 
 
 class Settings(ServiceSettings):
-    """Where the model is, and how many jobs run at once and how often they are retried."""
+    """Where the model is, how many jobs run at once, how often they are retried and ordered."""
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
@@ -27,10 +27,23 @@ class Settings(ServiceSettings):
     agent_context_messages: int = Field(default=20, ge=0, le=199)
     agent_system_prompt: str = DEFAULT_SYSTEM_PROMPT
     agent_retry_delay: float = Field(default=2.0, ge=0, description="nak delay before a retry")
-    agent_fetch_batch: int = Field(default=10, ge=1, description="messages per pull request")
-    agent_extra_deliveries: int = Field(default=3, ge=0)
-    # Shared by all replicas: the most job messages delivered and not yet settled.
+    agent_fetch_batch: int = Field(default=50, ge=1, description="most messages per pull request")
+    agent_fetch_timeout: float = Field(default=1.0, gt=0, description="longest wait of one pull")
+    # Shared by all replicas: the most job messages delivered and not yet settled. Jobs waiting
+    # for their turn in a session hold a delivery too, so keep it >= concurrency x replicas.
     agent_max_ack_pending: int = Field(default=10_000, ge=1)
+    agent_order_wait: float = Field(
+        default=5.0, ge=0, description="how long a job waits for its session's earlier jobs"
+    )
+    agent_order_retry_delay: float = Field(
+        default=1.0, ge=0, description="nak delay of a job that is not its session's turn yet"
+    )
+    agent_order_poll: float = Field(
+        default=0.25, gt=0, description="how often a waiting job looks at its session lane"
+    )
+    agent_shutdown_grace: float = Field(
+        default=20.0, ge=0, description="how long running jobs may finish after SIGTERM"
+    )
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> Self:
@@ -41,22 +54,21 @@ class Settings(ServiceSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _room_for_the_workers(self) -> Self:
+        if self.agent_max_ack_pending < self.agent_concurrency:
+            raise ValueError(
+                "AGENT_MAX_ACK_PENDING must be at least AGENT_CONCURRENCY "
+                "(the server would never hand this replica enough jobs to fill its workers)"
+            )
+        return self
+
     @property
     def api_key(self) -> str:
         """Return the key to hand the SDK (a placeholder for a keyless base URL)."""
         if self.openai_api_key is not None:
             return self.openai_api_key.get_secret_value()
         return PLACEHOLDER_API_KEY
-
-    @property
-    def max_deliveries(self) -> int:
-        """Return the consumer's delivery cap.
-
-        Deliveries that never reach the model (a duplicate from the pull
-        subscriber's local queue, a lost compare-and-set) are not attempts, so
-        the server's cap leaves slack above ``agent_max_attempts``.
-        """
-        return self.agent_max_attempts + self.agent_extra_deliveries
 
     @property
     def heartbeat_interval(self) -> float:

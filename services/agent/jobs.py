@@ -1,5 +1,6 @@
-"""Job state in the JetStream KV bucket, updated by compare-and-set on the revision."""
+"""Job states and lanes in JetStream KV buckets, updated by compare-and-set on the revision."""
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -9,9 +10,10 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from contracts.chat import JobState
+from contracts.chat import JobLane, JobState
 from services.agent.errors import JobConflict, JobStoreError
-from services.runtime.bus import jobs_bucket
+from services.runtime.bus import jobs_bucket, lanes_bucket
+from services.runtime.lanes import Lanes
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,29 @@ class KvJobStore:
         except (nats.errors.Error, TimeoutError) as exc:
             raise JobStoreError(f"job store unavailable: {exc!r}") from exc
         return Versioned(state, new)
+
+
+class KvLanes:
+    """The lanes bucket, bound once the broker is connected."""
+
+    def __init__(self) -> None:
+        self._lanes: Lanes | None = None
+
+    async def open(self, broker: NatsBroker) -> None:
+        """Bind to the bucket (created on first use) over the connected broker."""
+        self._lanes = Lanes(await lanes_bucket(broker))
+
+    @property
+    def lanes(self) -> Lanes:
+        """Return the bound lanes."""
+        if self._lanes is None:
+            raise JobStoreError("the lanes are not open yet")
+        return self._lanes
+
+    async def prune(self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]) -> JobLane:
+        """Drop the ended jobs of a lane and return what is left."""
+        return await self.lanes.prune(key, is_finished)
+
+    async def remove(self, key: str, job_id: UUID) -> JobLane:
+        """Drop a job from a lane."""
+        return await self.lanes.remove(key, job_id)

@@ -1,8 +1,11 @@
 """The model behind the agent: OpenAI's SDK, streaming chat completions as text pieces."""
 
+import itertools
+import math
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Literal, TypedDict, cast
 
+import httpx2
 import openai
 
 from services.agent.config import Settings
@@ -10,6 +13,8 @@ from services.agent.errors import LLMError
 
 # Statuses worth another attempt; any other 4xx will fail the same way again.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+POOL_SLACK = 16  # retries and connections still closing
+POOL_SHARD = 128
 
 
 class ChatMessage(TypedDict):
@@ -24,17 +29,33 @@ class OpenAIChat:
 
     def __init__(self, settings: Settings) -> None:
         self.model = settings.llm_model
-        self.client = openai.AsyncOpenAI(
-            api_key=settings.api_key,
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout,
-            max_retries=settings.llm_max_retries,
-        )
+        # The SDK's default pool stops at 1,000 connections, and its HTTP pool scans every
+        # connection it holds on each request and each response close (quadratic under
+        # load): calls are spread round-robin over clients of at most POOL_SHARD connections.
+        room = settings.agent_concurrency + POOL_SLACK
+        shards = math.ceil(room / POOL_SHARD)
+        per_shard = math.ceil(room / shards) + POOL_SLACK
+        self.clients = [
+            openai.AsyncOpenAI(
+                api_key=settings.api_key,
+                base_url=settings.openai_base_url,
+                timeout=settings.llm_timeout,
+                max_retries=settings.llm_max_retries,
+                http_client=openai.DefaultAsyncHttpx2Client(
+                    limits=httpx2.Limits(
+                        max_connections=per_shard, max_keepalive_connections=per_shard
+                    ),
+                    timeout=settings.llm_timeout,
+                ),
+            )
+            for _ in range(shards)
+        ]
+        self._turn = itertools.cycle(self.clients)
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         """Yield the reply's text pieces as the model writes them."""
         try:
-            stream = await self.client.chat.completions.create(
+            stream = await next(self._turn).chat.completions.create(
                 model=self.model, messages=cast(Any, list(messages)), stream=True
             )
             async with stream:
@@ -56,4 +77,5 @@ class OpenAIChat:
 
     async def close(self) -> None:
         """Close the SDK's connections."""
-        await self.client.close()
+        for client in self.clients:
+            await client.close()

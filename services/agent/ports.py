@@ -1,11 +1,11 @@
 """The interfaces the job runner takes, so tests hand it fakes."""
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobState
+from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobLane, JobState
 from contracts.deadletter import DeadLetter
 from contracts.history import AppendMessage, ListMessages, MessageRecord
 from services.agent.errors import Settle
@@ -20,6 +20,15 @@ class JobStore(Protocol):
     async def get(self, job_id: UUID) -> Versioned | None: ...
     async def create(self, state: JobState) -> Versioned: ...
     async def update(self, state: JobState, revision: int) -> Versioned: ...
+
+
+class LaneStore(Protocol):
+    """Per-session and per-user lanes of unfinished jobs (``services.runtime.lanes.Lanes``)."""
+
+    async def prune(
+        self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]
+    ) -> JobLane: ...
+    async def remove(self, key: str, job_id: UUID) -> JobLane: ...
 
 
 class History(Protocol):

@@ -1,6 +1,7 @@
 """Build the prompt of a job: system message, earlier messages oldest first, the user's message."""
 
 from collections.abc import Sequence
+from uuid import UUID
 
 from contracts.chat import RequestChat
 from contracts.history import MessageRecord
@@ -18,19 +19,32 @@ def earlier_messages(
     """Pick the context of a job from a session's recent messages (newest first).
 
     The job's own message is dropped (the request carries it), and so is anything
-    stored after it: a later message is not context of an earlier one. The result
-    is oldest first, at most ``limit`` messages.
+    stored after it, except the replies to earlier messages: jobs of a session run
+    in order, so the reply to the message before ours is usually stored after ours
+    was queued, and it is context. Each reply follows its own user message. The
+    result is oldest first, at most ``limit`` messages.
     """
     newest_first = list(recent)
+    later: list[MessageRecord] = []
     for index, message in enumerate(newest_first):
         if message.id == request.message_id or (
             message.job_id == request.job_id and message.role == "user"
         ):
-            newest_first = newest_first[index + 1 :]
+            later, newest_first = newest_first[:index], newest_first[index + 1 :]
             break
-    kept = [m for m in newest_first if m.job_id != request.job_id][:limit]
-    kept.reverse()
-    return kept
+    before = [m for m in reversed(newest_first) if m.job_id != request.job_id]
+    asked = {m.job_id for m in before if m.role == "user" and m.job_id is not None}
+    replies: dict[UUID | None, MessageRecord] = {
+        m.job_id: m for m in [*later, *before] if m.role == "assistant" and m.job_id in asked
+    }
+    kept: list[MessageRecord] = []
+    for message in before:
+        if message.role == "assistant" and message.job_id in replies:
+            continue  # placed right after the message it answers
+        kept.append(message)
+        if message.role == "user" and (reply := replies.get(message.job_id)) is not None:
+            kept.append(reply)
+    return kept[-limit:] if limit > 0 else []
 
 
 def build_prompt(

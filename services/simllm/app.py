@@ -53,6 +53,11 @@ class Simulator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.requests: deque[Any] = deque(maxlen=settings.sim_keep_requests)
+        # Last user message of each stream the client closed before its end (a cancel).
+        self.aborted: deque[str] = deque(maxlen=settings.sim_keep_requests)
+        self.received = 0
+        self.open_streams = 0
+        self.peak_streams = 0
 
     def token_delay(self) -> float:
         """Return the pause between two tokens."""
@@ -101,13 +106,22 @@ class Simulator:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
 
-        await asyncio.sleep(latency)
-        yield chunk({"role": "assistant", "content": ""})
-        delay = self.token_delay()
-        for index, token in enumerate(tokens):
-            if index and delay:
-                await asyncio.sleep(delay)
-            yield chunk({"content": token})
+        finished = False
+        self.open_streams += 1
+        self.peak_streams = max(self.peak_streams, self.open_streams)
+        try:
+            await asyncio.sleep(latency)
+            yield chunk({"role": "assistant", "content": ""})
+            delay = self.token_delay()
+            for index, token in enumerate(tokens):
+                if index and delay:
+                    await asyncio.sleep(delay)
+                yield chunk({"content": token})
+            finished = True
+        finally:
+            self.open_streams -= 1
+            if not finished:
+                self.aborted.append(model.last_user_text(messages))
         yield chunk({}, "stop")
         if (request.stream_options or {}).get("include_usage"):
             prompt_tokens = model.count_tokens(messages)
@@ -151,6 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
         except ValueError:
             return openai_error(400, "the body is not valid JSON", "invalid_request_error")
         sim.requests.append(raw)
+        sim.received += 1
         try:
             chat = ChatRequest.model_validate(raw)
         except ValidationError as exc:
@@ -173,12 +188,23 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/sim/requests")
     async def received() -> dict[str, Any]:
-        """Return the last request bodies received, oldest first."""
-        return {"items": list(sim.requests)}
+        """Return the last request bodies received, oldest first, and the streams cut short."""
+        return {"items": list(sim.requests), "aborted": list(sim.aborted)}
+
+    @app.get("/sim/stats")
+    async def stats() -> dict[str, int]:
+        """Count the requests received and the streams open now and at most (benchmarks)."""
+        return {
+            "received": sim.received,
+            "open_streams": sim.open_streams,
+            "peak_streams": sim.peak_streams,
+            "aborted": len(sim.aborted),
+        }
 
     @app.delete("/sim/requests", status_code=204)
     async def forget() -> None:
         """Forget the recorded request bodies."""
         sim.requests.clear()
+        sim.aborted.clear()
 
     return app

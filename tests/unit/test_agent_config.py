@@ -29,7 +29,6 @@ def test_key_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     settings = Settings()
     assert settings.api_key == "sk-test"
     assert settings.agent_max_attempts == 5
-    assert settings.max_deliveries > settings.agent_max_attempts
     assert settings.heartbeat_interval == pytest.approx(settings.agent_ack_wait / 3)
 
 
@@ -40,3 +39,14 @@ def test_main_exits_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("agent: cannot start: no model configured")
+
+
+def test_ack_pending_must_leave_room_for_the_workers() -> None:
+    with pytest.raises(ValidationError, match="AGENT_MAX_ACK_PENDING"):
+        Settings(openai_base_url="http://x/v1", agent_concurrency=500, agent_max_ack_pending=100)
+
+
+def test_new_knobs_have_their_documented_defaults() -> None:
+    settings = Settings(openai_base_url="http://x/v1")
+    assert (settings.agent_order_wait, settings.agent_order_retry_delay) == (5.0, 1.0)
+    assert settings.agent_shutdown_grace == 20.0

@@ -2,163 +2,23 @@
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
-from uuid import UUID
 
 import pytest
 
-from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobState, RequestChat
-from contracts.deadletter import DeadLetter
-from contracts.history import AppendMessage, ListMessages, MessageRecord
-from services.agent.config import Settings
-from services.agent.errors import HistoryError, JobConflict, LLMError, Settle
-from services.agent.jobs import Versioned
-from services.agent.llm import ChatMessage
-from services.agent.service import JobRunner
-from services.runtime.bus import RequestMeta
-
-T0 = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-class FakeJobs:
-    def __init__(self) -> None:
-        self.states: dict[UUID, Versioned] = {}
-        self.revision = 0
-
-    def put(self, state: JobState) -> None:
-        self.revision += 1
-        self.states[state.id] = Versioned(state, self.revision)
-
-    async def get(self, job_id: UUID) -> Versioned | None:
-        return self.states.get(job_id)
-
-    async def create(self, state: JobState) -> Versioned:
-        if state.id in self.states:
-            raise JobConflict("exists")
-        self.put(state)
-        return self.states[state.id]
-
-    async def update(self, state: JobState, revision: int) -> Versioned:
-        if self.states[state.id].revision != revision:
-            raise JobConflict("changed")
-        self.put(state)
-        return self.states[state.id]
-
-
-class FakeHistory:
-    def __init__(self, recent: Sequence[MessageRecord] = ()) -> None:
-        self.recent = list(recent)
-        self.queries: list[ListMessages] = []
-        self.appended: list[AppendMessage] = []
-        self.metas: list[RequestMeta] = []
-        self.error: Exception | None = None
-
-    async def list_messages(self, query: ListMessages, meta: RequestMeta) -> list[MessageRecord]:
-        self.queries.append(query)
-        self.metas.append(meta)
-        if self.error is not None:
-            raise self.error
-        return self.recent[: query.limit]
-
-    async def append_message(self, command: AppendMessage, meta: RequestMeta) -> MessageRecord:
-        self.appended.append(command)
-        self.metas.append(meta)
-        return MessageRecord(
-            id=uuid.uuid4(), session_id=command.session_id, user_id=command.user_id,
-            role=command.role, content=command.content, created_at=T0, job_id=command.job_id,
-        )
-
-
-class FakeLLM:
-    def __init__(self, pieces: Sequence[str] = ("Hello ", "there"), error: Exception | None = None):
-        self.pieces = list(pieces)
-        self.error = error
-        self.prompts: list[list[ChatMessage]] = []
-        self.gate: asyncio.Event | None = None  # when set, the model waits for it before writing
-        self.called = asyncio.Event()
-
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        self.prompts.append(list(messages))
-        self.called.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.error is not None:
-            raise self.error
-        for piece in self.pieces:
-            yield piece
-
-
-class FakeEvents:
-    def __init__(self) -> None:
-        self.deltas: list[ChatDelta] = []
-        self.completed_events: list[ChatCompleted] = []
-        self.failed_events: list[ChatFailed] = []
-        self.letters: list[tuple[DeadLetter, str | None]] = []
-
-    async def delta(self, delta: ChatDelta, meta: RequestMeta) -> None:
-        self.deltas.append(delta)
-
-    async def completed(self, event: ChatCompleted, meta: RequestMeta) -> None:
-        self.completed_events.append(event)
-
-    async def failed(self, event: ChatFailed, meta: RequestMeta) -> None:
-        self.failed_events.append(event)
-
-    async def dead_letter(self, letter: DeadLetter, meta: RequestMeta, msg_id: str | None) -> None:
-        self.letters.append((letter, msg_id))
-
-
-@dataclass
-class FakeDelivery:
-    body: bytes
-    num_delivered: int = 1
-    subject: str = "chat.requested"
-    headers: Mapping[str, str] = field(
-        default_factory=lambda: {"Chatbus-Request-Id": "req-1", "Chatbus-User-Id": "u1"}
-    )
-    beats: int = 0
-    beat: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def in_progress(self) -> None:
-        self.beats += 1
-        self.beat.set()
-
-
-def make_request(content: str = "hi there") -> RequestChat:
-    return RequestChat(
-        job_id=uuid.uuid4(), user_id="u1", session_id=uuid.uuid4(), persona="friend",
-        message_id=uuid.uuid4(), content=content, created_at=T0,
-    )
-
-
-def queued(request: RequestChat, **changes: Any) -> JobState:
-    state = JobState(
-        id=request.job_id, user_id=request.user_id, session_id=request.session_id,
-        status="queued", created_at=request.created_at,
-    )
-    return state.model_copy(update=changes)
-
-
-@dataclass
-class Rig:
-    runner: JobRunner
-    jobs: FakeJobs
-    history: FakeHistory
-    llm: FakeLLM
-    events: FakeEvents
-
-
-def rig(llm: FakeLLM | None = None, history: FakeHistory | None = None, **settings: Any) -> Rig:
-    config = Settings(
-        openai_base_url="http://sim.invalid/v1", instance="test", agent_retry_delay=0.5,
-        **settings,
-    )
-    parts = Rig(None, FakeJobs(), history or FakeHistory(), llm or FakeLLM(), FakeEvents())  # type: ignore[arg-type]
-    parts.runner = JobRunner(config, parts.jobs, parts.history, parts.llm, parts.events)
-    return parts
+from contracts.chat import RequestChat
+from contracts.history import MessageRecord
+from services.agent.errors import HistoryError, LLMError, Settle
+from tests.unit.test_agent_fakes import (
+    T0,
+    FakeDelivery,
+    FakeHistory,
+    FakeLLM,
+    make_request,
+    queued,
+    rig,
+)
 
 
 async def test_happy_path_streams_deltas_and_completes() -> None:
@@ -359,3 +219,24 @@ async def test_job_cancelled_while_running_is_abandoned() -> None:
     assert verdict.settle is Settle.ACK
     assert r.jobs.states[request.job_id].state.status == "cancelled"
     assert r.events.completed_events == [] and r.history.appended == []
+
+
+async def test_reply_to_the_previous_message_stored_after_ours_is_context() -> None:
+    request = make_request("second")
+    first_job = uuid.uuid4()
+    newest_first = [
+        record(request, "user", "third (queued after us)", 6),
+        record(request, "assistant", "reply one", 5, job_id=first_job),  # ran after we queued
+        record(request, "user", "second", 4, id=request.message_id, job_id=request.job_id),
+        record(request, "user", "first", 3, job_id=first_job),
+        record(request, "assistant", "reply zero", 2),
+        record(request, "user", "zero", 1),
+    ]
+    r = rig(history=FakeHistory(newest_first), agent_context_messages=10)
+
+    await r.runner.handle(FakeDelivery(request.model_dump_json().encode()))
+
+    [prompt] = r.llm.prompts
+    assert [m["content"] for m in prompt[1:]] == [
+        "zero", "reply zero", "first", "reply one", "second",
+    ]

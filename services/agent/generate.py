@@ -1,0 +1,108 @@
+"""One model call of a job: load the context, stream the reply, keep the delivery alive."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from uuid import UUID
+
+import structlog
+
+from contracts.chat import ChatDelta, JobState, RequestChat
+from contracts.history import MAX_PAGE, ListMessages, MessageRecord
+from services.agent.config import Settings
+from services.agent.control import JobControl
+from services.agent.errors import EventError, LLMError
+from services.agent.llm import ChatMessage
+from services.agent.ports import LLM, Delivery, Events, History
+from services.agent.prompt import build_prompt
+from services.runtime.bus import RequestMeta
+
+log = structlog.get_logger("chatbus.agent")
+LeaseKeeper = Callable[[UUID], Awaitable[JobState | None]]
+
+
+class Generator:
+    """Produce a job's reply text under heartbeats, or None when the job was cancelled."""
+
+    def __init__(
+        self, settings: Settings, history: History, llm: LLM, events: Events, lease: LeaseKeeper
+    ) -> None:
+        self.settings = settings
+        self.history = history
+        self.llm = llm
+        self.events = events
+        self.lease = lease
+
+    async def run(
+        self, request: RequestChat, delivery: Delivery, meta: RequestMeta, control: JobControl
+    ) -> str | None:
+        """Stream the reply; return None when the job was cancelled meanwhile."""
+        recent: list[MessageRecord] = []
+        if (limit := self.settings.agent_context_messages) > 0:
+            query = ListMessages(
+                user_id=request.user_id, session_id=request.session_id,
+                limit=min(limit + 1, MAX_PAGE),  # one more: the job's own message is dropped
+            )
+            recent = await self.history.list_messages(query, meta)
+        prompt = build_prompt(request, recent, self.settings.agent_system_prompt, limit)
+        work = asyncio.create_task(self._stream(request, prompt, meta))
+        control.work = work
+        if control.cancelled.is_set():
+            work.cancel()  # the cancel came before the model call could start
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(request.job_id, delivery, control, stop))
+        try:
+            return await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the replica is stopping, not the job
+            log.info("job cancelled while the model was writing; stream closed")
+            return None
+        finally:
+            control.work = None
+            # The flag ends the loop even when a cancel is swallowed inside the NATS client
+            # (nats-py catches CancelledError while flushing); the bounded wait never hangs.
+            stop.set()
+            watcher.cancel()
+            await asyncio.wait([watcher], timeout=self.settings.heartbeat_interval + 5)
+
+    async def _stream(
+        self, request: RequestChat, prompt: list[ChatMessage], meta: RequestMeta
+    ) -> str:
+        pieces: list[str] = []
+        async with aclosing(self.llm.stream(prompt)) as stream:
+            async for piece in stream:
+                delta = ChatDelta(job_id=request.job_id, seq=len(pieces), text=piece)
+                pieces.append(piece)
+                try:
+                    await self.events.delta(delta, meta)
+                except EventError as exc:
+                    log.debug("delta lost", error=str(exc))
+        text = "".join(pieces)
+        if not text.strip():
+            raise LLMError("the model returned an empty reply")
+        return text
+
+    async def _watch(
+        self, job_id: UUID, delivery: Delivery, control: JobControl, stop: asyncio.Event
+    ) -> None:
+        """Heartbeat and renew the lease; stop the work when a cancel was missed on the bus."""
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.heartbeat_interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await delivery.in_progress()
+                latest = await self.lease(job_id)
+            except Exception as exc:
+                log.warning("heartbeat failed", error=repr(exc))
+                continue
+            if stop.is_set():
+                return
+            if latest is not None and (latest.cancel_requested or latest.status == "cancelled"):
+                log.info("cancel found at heartbeat")
+                control.cancel()
+                return
