@@ -46,6 +46,7 @@ class JobState(Contract):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested: bool = False
+    tools: tuple[str, ...] = Field(default=(), description="names of the tools the model called")
     lease_expires_at: datetime | None = Field(
         default=None,
         description="while running: when the worker's ack deadline runs out unless it heartbeats",

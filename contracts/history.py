@@ -143,3 +143,11 @@ class ListFeed(Contract):
     user_id: str = Field(min_length=1, max_length=256)
     limit: int = Field(default=50, ge=1, le=MAX_PAGE)
     cursor: str | None = Field(default=None, max_length=512)
+
+
+class SearchMessages(Contract):
+    """Find a user's own messages across sessions whose text contains ``query``."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    query: str = Field(min_length=1, max_length=500)
+    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
