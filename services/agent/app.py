@@ -11,8 +11,11 @@ from services.agent.config import Settings
 from services.agent.consumer import JobConsumer
 from services.agent.jobs import KvJobStore, KvLanes
 from services.agent.llm import OpenAIChat
+from services.agent.ports import Lookups
+from services.agent.recall import BusMemory, BusSearch
 from services.agent.service import JobRunner
 from services.agent.subscribers import ensure_consumer, register
+from services.agent.tools import DEFAULT_TOOLS
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 
 log = structlog.get_logger("chatbus.agent")
@@ -38,6 +41,11 @@ def create_app(settings: Settings) -> FastStream:
         llm=llm,
         events=BusEvents(bus, settings.bus_request_timeout),
         lanes=lanes,
+        lookups=Lookups(
+            memories=BusMemory(bus, settings.bus_request_timeout),
+            search=BusSearch(bus, settings.bus_request_timeout),
+        ),
+        tools=DEFAULT_TOOLS,
     )
     register(broker, runner, settings)
     consumer = JobConsumer(broker, runner, settings)

@@ -25,6 +25,11 @@ class Settings(ServiceSettings):
     agent_ack_wait: float = Field(default=30.0, gt=0)
     agent_max_attempts: int = Field(default=3, ge=1)
     agent_context_messages: int = Field(default=20, ge=0, le=199)
+    agent_context_tokens: int = Field(
+        default=3000, ge=0, description="token budget of earlier messages (~4 chars a token)"
+    )
+    agent_memory_limit: int = Field(default=20, ge=0, le=200, description="memories in the prompt")
+    agent_tool_rounds: int = Field(default=4, ge=0, description="tool rounds before a job fails")
     agent_system_prompt: str = DEFAULT_SYSTEM_PROMPT
     agent_retry_delay: float = Field(default=2.0, ge=0, description="nak delay before a retry")
     agent_fetch_batch: int = Field(default=50, ge=1, description="most messages per pull request")

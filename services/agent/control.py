@@ -13,6 +13,7 @@ class JobControl:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     work: "asyncio.Task[str] | None" = None
     counted: bool = False  # this delivery counted an attempt (undone when handed back)
+    tools: tuple[str, ...] = ()  # the tools the model called, recorded when the job completes
 
     def cancel(self) -> None:
         """Stop the job: cancelling the model task closes its HTTP stream at once."""

@@ -4,10 +4,12 @@
 
     AgentError
      ├── LLMError          the model call failed (``retryable`` tells whether to try again)
+     │    └── ToolRoundsExceeded  the model kept calling tools past the round limit
      ├── HistoryError      history did not load context or store the reply
      ├── JobStoreError     the job-state bucket did not answer
      │    └── JobConflict  the job changed since it was read (compare-and-set lost)
-     └── EventError        an outcome event or dead letter was not stored
+     ├── EventError        an outcome event or dead letter was not stored
+     └── RecallError       the memory service did not recall memories
 """
 
 from enum import Enum
@@ -39,6 +41,20 @@ class LLMError(AgentError):
         self.retryable = retryable
 
 
+class ToolRoundsExceeded(LLMError):
+    """The model still called tools after the last allowed round (retrying would loop again)."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__(
+            f"the model hit the tool round limit ({rounds} rounds) without answering",
+            retryable=False,
+        )
+
+
+class RecallError(AgentError):
+    """The memory service did not recall memories."""
+
+
 class HistoryError(AgentError):
     """History did not load the context or store the reply."""
 
@@ -60,7 +76,7 @@ def job_error_for(exc: BaseException) -> JobError:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, LLMError):
         code = "llm_error"
-    elif isinstance(exc, HistoryError | JobStoreError | EventError):
+    elif isinstance(exc, HistoryError | JobStoreError | EventError | RecallError):
         code = "unavailable"
     else:
         code = "internal"

@@ -1,20 +1,23 @@
-"""One model call of a job: load the context, stream the reply, keep the delivery alive."""
+"""The model calls of a job: load the context, run the tool loop, keep the delivery alive."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from uuid import UUID
 
 import structlog
+from pydantic import ValidationError
 
 from contracts.chat import ChatDelta, JobState, RequestChat
 from contracts.history import MAX_PAGE, ListMessages, MessageRecord
+from contracts.memory import MemoryRecord, RecallMemories
 from services.agent.config import Settings
 from services.agent.control import JobControl
-from services.agent.errors import EventError, LLMError
+from services.agent.errors import EventError, LLMError, RecallError
 from services.agent.llm import ChatMessage
-from services.agent.ports import LLM, Delivery, Events, History
-from services.agent.prompt import build_prompt
+from services.agent.ports import LLM, Delivery, Events, History, Lookups
+from services.agent.prompt import build_context
+from services.agent.toolloop import run_tool_loop
+from services.agent.tools import ToolContext, ToolRegistry
 from services.runtime.bus import RequestMeta
 
 log = structlog.get_logger("chatbus.agent")
@@ -25,13 +28,22 @@ class Generator:
     """Produce a job's reply text under heartbeats, or None when the job was cancelled."""
 
     def __init__(
-        self, settings: Settings, history: History, llm: LLM, events: Events, lease: LeaseKeeper
+        self,
+        settings: Settings,
+        history: History,
+        llm: LLM,
+        events: Events,
+        lease: LeaseKeeper,
+        lookups: Lookups | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.history = history
         self.llm = llm
         self.events = events
         self.lease = lease
+        self.lookups = lookups  # None: no memories in the prompt and no tools
+        self.tools = tools or ToolRegistry()
 
     async def run(
         self, request: RequestChat, delivery: Delivery, meta: RequestMeta, control: JobControl
@@ -44,8 +56,12 @@ class Generator:
                 limit=min(limit + 1, MAX_PAGE),  # one more: the job's own message is dropped
             )
             recent = await self.history.list_messages(query, meta)
-        prompt = build_prompt(request, recent, self.settings.agent_system_prompt, limit)
-        work = asyncio.create_task(self._stream(request, prompt, meta))
+        memories = await self._memories(request, meta)
+        prompt = build_context(
+            request, recent, memories, self.settings.agent_system_prompt,
+            limit=limit, token_budget=self.settings.agent_context_tokens,
+        )
+        work = asyncio.create_task(self._stream(request, prompt, meta, control))
         control.work = work
         if control.cancelled.is_set():
             work.cancel()  # the cancel came before the model call could start
@@ -67,22 +83,44 @@ class Generator:
             watcher.cancel()
             await asyncio.wait([watcher], timeout=self.settings.heartbeat_interval + 5)
 
+    async def _memories(self, request: RequestChat, meta: RequestMeta) -> list[MemoryRecord]:
+        """Recall the user's memories with this persona; without the memory service, none."""
+        if self.lookups is None or (limit := self.settings.agent_memory_limit) == 0:
+            return []
+        try:
+            query = RecallMemories(user_id=request.user_id, persona=request.persona, limit=limit)
+            return await self.lookups.memories.recall(query, meta)
+        except (RecallError, ValidationError) as exc:
+            log.warning("memories not recalled; answering without them", error=str(exc))
+            return []
+
     async def _stream(
-        self, request: RequestChat, prompt: list[ChatMessage], meta: RequestMeta
+        self, request: RequestChat, prompt: list[ChatMessage], meta: RequestMeta,
+        control: JobControl,
     ) -> str:
-        pieces: list[str] = []
-        async with aclosing(self.llm.stream(prompt)) as stream:
-            async for piece in stream:
-                delta = ChatDelta(job_id=request.job_id, seq=len(pieces), text=piece)
-                pieces.append(piece)
-                try:
-                    await self.events.delta(delta, meta)
-                except EventError as exc:
-                    log.debug("delta lost", error=str(exc))
-        text = "".join(pieces)
-        if not text.strip():
+        seq = 0
+
+        async def publish(piece: str) -> None:
+            nonlocal seq
+            delta = ChatDelta(job_id=request.job_id, seq=seq, text=piece)
+            seq += 1
+            try:
+                await self.events.delta(delta, meta)
+            except EventError as exc:
+                log.debug("delta lost", error=str(exc))
+
+        ctx = None
+        if self.lookups is not None:
+            ctx = ToolContext(request.user_id, request.persona, meta, self.lookups)
+        result = await run_tool_loop(
+            self.llm, prompt, self.tools, ctx, self.settings.agent_tool_rounds, publish
+        )
+        if not result.text.strip():
             raise LLMError("the model returned an empty reply")
-        return text
+        control.tools = result.tools
+        if result.tools:
+            log.info("model used tools", tools=list(result.tools))
+        return result.text
 
     async def _watch(
         self, job_id: UUID, delivery: Delivery, control: JobControl, stop: asyncio.Event

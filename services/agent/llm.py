@@ -2,8 +2,9 @@
 
 import itertools
 import math
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any, Literal, TypedDict, cast
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 import httpx2
 import openai
@@ -18,10 +19,22 @@ POOL_SHARD = 128
 
 
 class ChatMessage(TypedDict):
-    """One prompt message."""
+    """One prompt message (tool calls and results only in the rounds of the tool loop)."""
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A fragment of a tool call as streamed: the first of an ``index`` has id and name."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 class OpenAIChat:
@@ -52,17 +65,28 @@ class OpenAIChat:
         ]
         self._turn = itertools.cycle(self.clients)
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        """Yield the reply's text pieces as the model writes them."""
+    async def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
+        """Yield the reply's text pieces, and tool-call fragments when ``tools`` are offered."""
+        extra: dict[str, Any] = {"tools": list(tools)} if tools else {}
         try:
             stream = await next(self._turn).chat.completions.create(
-                model=self.model, messages=cast(Any, list(messages)), stream=True
+                model=self.model, messages=cast(Any, list(messages)), stream=True, **extra
             )
             async with stream:
                 async for chunk in stream:
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content
+                        for call in choice.delta.tool_calls or ():
+                            function = call.function
+                            yield ToolCallDelta(
+                                index=call.index,
+                                id=call.id,
+                                name=function.name if function else None,
+                                arguments=(function.arguments or "") if function else "",
+                            )
         except openai.APIStatusError as exc:
             retryable = exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUSES
             raise LLMError(

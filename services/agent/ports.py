@@ -2,15 +2,16 @@
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobLane, JobState
 from contracts.deadletter import DeadLetter
-from contracts.history import AppendMessage, ListMessages, MessageRecord
+from contracts.history import AppendMessage, ListMessages, MessageRecord, SearchMessages
+from contracts.memory import MemoryRecord, RecallMemories
 from services.agent.errors import Settle
 from services.agent.jobs import Versioned
-from services.agent.llm import ChatMessage
+from services.agent.llm import ChatMessage, ToolCallDelta
 from services.runtime.bus import RequestMeta
 
 
@@ -40,10 +41,32 @@ class History(Protocol):
     async def append_message(self, command: AppendMessage, meta: RequestMeta) -> MessageRecord: ...
 
 
+class Memories(Protocol):
+    """The memory service's recall, as the agent needs it."""
+
+    async def recall(self, query: RecallMemories, meta: RequestMeta) -> list[MemoryRecord]: ...
+
+
+class Search(Protocol):
+    """The history service's message search, as the agent's tools need it."""
+
+    async def search(self, query: SearchMessages, meta: RequestMeta) -> list[MessageRecord]: ...
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """The read-only services behind a job's context and tools."""
+
+    memories: Memories
+    search: Search
+
+
 class LLM(Protocol):
     """A chat model that streams its reply."""
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]: ...
+    def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> AsyncGenerator[str | ToolCallDelta, None]: ...
 
 
 class Events(Protocol):

@@ -1,10 +1,11 @@
-"""Build the prompt of a job: system message, earlier messages oldest first, the user's message."""
+"""Build the prompt of a job: system message and memories, earlier messages, the user's message."""
 
 from collections.abc import Sequence
 from uuid import UUID
 
 from contracts.chat import RequestChat
 from contracts.history import MessageRecord
+from contracts.memory import MemoryRecord
 from services.agent.llm import ChatMessage
 
 
@@ -47,12 +48,50 @@ def earlier_messages(
     return kept[-limit:] if limit > 0 else []
 
 
+MEMORY_HEADING = "What you remember about the user from earlier conversations:"
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimate the tokens of a text as a quarter of its characters, rounded up."""
+    return (len(text) + 3) // 4
+
+
+def within_budget(messages: Sequence[MessageRecord], budget: int) -> list[MessageRecord]:
+    """Keep the newest messages (oldest first) whose estimated tokens fit in ``budget``."""
+    kept: list[MessageRecord] = []
+    used = 0
+    for message in reversed(messages):
+        used += estimate_tokens(message.content)
+        if used > budget:
+            break
+        kept.append(message)
+    return kept[::-1]
+
+
+def build_context(
+    request: RequestChat,
+    recent: Sequence[MessageRecord],
+    memories: Sequence[MemoryRecord],
+    template: str,
+    *,
+    limit: int,
+    token_budget: int | None,
+) -> list[ChatMessage]:
+    """Return ``[system + memories, ...earlier within the budget, user]`` for the model."""
+    system = system_message(template, request.persona)
+    if memories:
+        facts = "\n".join(f"- {memory.content}" for memory in memories)
+        system["content"] = f"{system['content']}\n\n{MEMORY_HEADING}\n{facts}"
+    earlier = earlier_messages(request, recent, limit)
+    if token_budget is not None:
+        earlier = within_budget(earlier, token_budget)
+    context: list[ChatMessage] = [{"role": m.role, "content": m.content} for m in earlier]
+    user: ChatMessage = {"role": "user", "content": request.content}
+    return [system, *context, user]
+
+
 def build_prompt(
     request: RequestChat, recent: Sequence[MessageRecord], template: str, limit: int
 ) -> list[ChatMessage]:
-    """Return ``[system, ...earlier, user]`` for the model."""
-    context: list[ChatMessage] = [
-        {"role": m.role, "content": m.content} for m in earlier_messages(request, recent, limit)
-    ]
-    user: ChatMessage = {"role": "user", "content": request.content}
-    return [system_message(template, request.persona), *context, user]
+    """Return ``[system, ...earlier, user]`` for the model (no memories, no token budget)."""
+    return build_context(request, recent, (), template, limit=limit, token_budget=None)

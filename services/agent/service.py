@@ -40,9 +40,11 @@ from services.agent.ports import (
     History,
     JobStore,
     LaneStore,
+    Lookups,
     Verdict,
 )
 from services.agent.states import modify
+from services.agent.tools import ToolRegistry
 from services.runtime.bus import RequestMeta
 
 log = structlog.get_logger("chatbus.agent")
@@ -61,6 +63,8 @@ class JobRunner:
         events: Events,
         lanes: LaneStore,
         clock: Callable[[], datetime] = utcnow,
+        lookups: Lookups | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -69,7 +73,9 @@ class JobRunner:
         self.clock = clock
         self.outcomes = Outcomes(events, clock)
         self.order = SessionOrder(settings, lanes, jobs)
-        self.generator = Generator(settings, history, llm, events, self.refresh_lease)
+        self.generator = Generator(
+            settings, history, llm, events, self.refresh_lease, lookups, tools
+        )
         self.running = RunningJobs()
         self.stopping = False  # set when the replica cancels its jobs to hand them back
 
@@ -132,7 +138,9 @@ class JobRunner:
         except Exception as exc:
             log.exception("job failed unexpectedly")
             return await self._attempt_failed(started, delivery, meta, exc)
-        done = await self._finish(request.job_id, {"status": "completed", "reply": reply})
+        done = await self._finish(
+            request.job_id, {"status": "completed", "reply": reply, "tools": control.tools}
+        )
         if done is not None:
             await self.outcomes.announce(done, delivery, meta)
             log.info("job completed", chars=len(text))

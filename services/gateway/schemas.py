@@ -106,6 +106,9 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    tools: list[str] = Field(
+        default_factory=list, description="names of the tools the model called (extension)"
+    )
 
     @classmethod
     def of(cls, state: JobState) -> "JobRead":
@@ -122,6 +125,7 @@ class JobRead(BaseModel):
             created_at=state.created_at,
             started_at=state.started_at,
             finished_at=state.finished_at,
+            tools=list(state.tools),
         )
 
 

@@ -21,6 +21,7 @@ from contracts.history import (
     MessagePage,
     MessageRecord,
     MessageReply,
+    SearchMessages,
     SessionPage,
     SessionRecord,
     SessionReply,
@@ -212,6 +213,12 @@ class HistoryService:
             "feed", user_id=req.user_id, session_id=None,
             params={"limit": req.limit, "cursor": req.cursor}, model=MessagePage, load=load,
         )
+
+    async def search_messages(self, req: SearchMessages, _: RequestMeta) -> MessagePage:
+        """Return the user's messages across sessions that contain the query, newest first."""
+        async with self.store.read() as tx:
+            items = await tx.search_messages(req.user_id, req.query, req.limit)
+        return MessagePage(items=tuple(items))
 
     def _duplicate(self, existing: MessageRecord, req: AppendMessage) -> MessageReply:
         if existing.session_id != req.session_id or existing.user_id != req.user_id:

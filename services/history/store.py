@@ -173,6 +173,17 @@ class Tx:
         rows = (await self.conn.execute(query)).mappings().all()
         return [_message(row) for row in rows]
 
+    async def search_messages(self, user_id: str, text: str, limit: int) -> list[MessageRecord]:
+        """Return up to ``limit`` of the user's messages containing ``text``, newest first."""
+        query = (
+            select(messages)
+            .where(messages.c.user_id == user_id)
+            .where(func.lower(messages.c.content).contains(text.lower(), autoescape=True))
+        )
+        query = _page(query, messages.c, None, limit)
+        rows = (await self.conn.execute(query)).mappings().all()
+        return [_message(row) for row in rows]
+
 
 def _page(query: Select[Any], columns: Any, after: Position | None, limit: int) -> Select[Any]:
     """Order newest first and keep the rows strictly after the cursor position."""

@@ -21,6 +21,7 @@ from contracts.history import (
     ListSessions,
     MessagePage,
     MessageReply,
+    SearchMessages,
     SessionPage,
     SessionReply,
 )
@@ -111,6 +112,10 @@ def build_router(
     @router.subscriber(subjects.HISTORY_FEED, queue=queue, max_workers=max_workers)
     async def list_feed(msg: NatsMessage) -> MessagePage:
         return await edge.answer(msg, ListFeed, MessagePage, service.list_feed)
+
+    @router.subscriber(subjects.HISTORY_SEARCH, queue=queue, max_workers=max_workers)
+    async def search_messages(msg: NatsMessage) -> MessagePage:
+        return await edge.answer(msg, SearchMessages, MessagePage, service.search_messages)
 
     @router.subscriber(subjects.HISTORY_PING, queue=queue)
     async def ping(msg: NatsMessage) -> Pong:

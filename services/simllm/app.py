@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.simllm import model
 from services.simllm.config import Settings
+from services.simllm.tools import SimToolCall, answer_for
 
 log = structlog.get_logger("chatbus.simllm")
 MODELS = ("gpt-4o-mini", "chatbus-sim")
@@ -39,6 +40,8 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage]
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -67,10 +70,17 @@ class Simulator:
     async def complete(self, request: ChatRequest, latency: float) -> dict[str, Any]:
         """Build a whole ``chat.completion`` after the time streaming it would take."""
         messages = [m.model_dump() for m in request.messages]
-        text = model.reply_for(messages)
-        tokens = model.tokenize(text)
+        answer = answer_for(request.model_dump())
+        tokens = model.tokenize(answer.text)
         await asyncio.sleep(latency + self.token_delay() * len(tokens))
         prompt_tokens = model.count_tokens(messages)
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+        if answer.calls:
+            message.update(content=None, tool_calls=[
+                {"id": call_id(), "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in answer.calls
+            ])
         return {
             "id": f"chatcmpl-sim-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -79,9 +89,9 @@ class Simulator:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": "tool_calls" if answer.calls else "stop",
                 }
             ],
             "usage": {
@@ -94,7 +104,8 @@ class Simulator:
     async def stream(self, request: ChatRequest, latency: float) -> AsyncIterator[str]:
         """Yield the SSE lines of a streamed completion, one token at a time."""
         messages = [m.model_dump() for m in request.messages]
-        tokens = model.tokenize(model.reply_for(messages))
+        answer = answer_for(request.model_dump())
+        tokens = model.tokenize(answer.text)
         base = {
             "id": f"chatcmpl-sim-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk",
@@ -111,7 +122,11 @@ class Simulator:
         self.peak_streams = max(self.peak_streams, self.open_streams)
         try:
             await asyncio.sleep(latency)
-            yield chunk({"role": "assistant", "content": ""})
+            if answer.calls:
+                for piece in tool_call_deltas(answer.calls):
+                    yield chunk(piece)
+            else:
+                yield chunk({"role": "assistant", "content": ""})
             delay = self.token_delay()
             for index, token in enumerate(tokens):
                 if index and delay:
@@ -122,7 +137,7 @@ class Simulator:
             self.open_streams -= 1
             if not finished:
                 self.aborted.append(model.last_user_text(messages))
-        yield chunk({}, "stop")
+        yield chunk({}, "tool_calls" if answer.calls else "stop")
         if (request.stream_options or {}).get("include_usage"):
             prompt_tokens = model.count_tokens(messages)
             usage = {
@@ -132,6 +147,25 @@ class Simulator:
             }
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
+
+
+def call_id() -> str:
+    """Return a fresh tool call id in OpenAI's style."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def tool_call_deltas(calls: tuple[SimToolCall, ...], piece: int = 8) -> list[dict[str, Any]]:
+    """Stream tool calls as OpenAI does: per index, id and name first, then argument pieces."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        head = {"index": index, "id": call_id(), "type": "function",
+                "function": {"name": call.name, "arguments": ""}}
+        deltas.append({"role": "assistant", "content": None, "tool_calls": [head]}
+                      if index == 0 else {"tool_calls": [head]})
+        for start in range(0, len(call.arguments), piece):
+            part = call.arguments[start : start + piece]
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+    return deltas
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -13,6 +13,29 @@ Directives in the last user message inject failures (they stay in the echo):
 - ``[sim:error]`` answers HTTP 500 with an OpenAI-style error body;
 - ``[sim:slow=N]`` waits N seconds (a float) before the first token instead of
   the configured latency.
+
+Structured output (:mod:`services.simllm.memories`): a request whose
+``response_format`` is ``json_schema`` named ``memory_extraction`` is answered
+(whole or streamed) with the JSON of ``memory_extraction_for(messages)``.
+
+Tools (:mod:`services.simllm.tools`), when the request offers ``tools``; "the
+text" is the last user message, matched case-insensitively:
+
+1. ``[sim:loop-tools]`` calls the first offered tool with ``{"query": "loop"}``,
+   every round, even after tool results (to hit a caller's round limit);
+2. otherwise, once a ``role: tool`` message follows the last user message, no
+   more calls: the reply is the echo followed by each tool result,
+   ``"Echo: <text> (turn N) [<tool name>: <result>]"`` (one bracket per result);
+3. ``[sim:unknown-tool]`` calls ``no_such_tool`` with ``{}``;
+4. ``[sim:bad-tool-args]`` calls the first offered tool with ``{"query": 42}``;
+5. ``search history for X`` calls ``search_history`` with ``{"query": "X"}`` (X:
+   the rest of the text, trailing spaces and ``.,;:!?"'`` stripped);
+6. ``recall`` or ``remember`` anywhere calls ``recall_memories`` with
+   ``{"query": <the word after the first "about">}``, or ``""`` without one;
+
+rules 5 and 6 apply only when that tool is offered. A call is answered with
+``finish_reason: "tool_calls"``; streamed, as OpenAI does: per call ``index`` a
+first fragment with id, type and name, then the arguments in pieces.
 """
 
 import re
