@@ -124,6 +124,8 @@ async def test_sigterm_hands_a_running_job_to_another_replica(
     first, first_log = await spawn_agent(stack, "agent-a", AGENT_SHUTDOWN_GRACE=str(grace))
     request = await stack.submit("long job [sim:slow=4]")
     await eventually(lambda: stack.state(request.job_id), lambda s: s.status == "running")
+    # SIGTERM only once the model call is under way, so the handed-back attempt is a real one.
+    await eventually(lambda: stack.llm_requests("long job [sim:slow=4]"), lambda n: n == 1)
     await spawn_agent(stack, "agent-b")
 
     first.send_signal(signal.SIGTERM)
