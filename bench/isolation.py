@@ -149,17 +149,24 @@ async def bench_chatbus(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 async def put_chatbus_load(client: httpx.AsyncClient, load: int) -> list[tuple[str, str]]:
     """Start ``load`` chat jobs, one per user and session; return (token, job id) pairs."""
     stamp = time.time_ns()
-    limiter = asyncio.Semaphore(50)
+    # Setup is not measured: go gently and retry, so the load is exactly N jobs.
+    limiter = asyncio.Semaphore(8)
+
+    async def post(path: str, headers: dict[str, str], body: dict[str, str]) -> dict[str, Any]:
+        for attempt in range(8):
+            async with limiter:
+                resp = await client.post(path, json=body, headers=headers)
+            if resp.status_code in (200, 201, 202):
+                return dict(resp.json())
+            await asyncio.sleep(0.5 * (attempt + 1))
+        raise RuntimeError(f"{path} kept failing: {resp.status_code} {resp.text[:200]}")
 
     async def one(i: int) -> tuple[str, str]:
         token = mint_token(SECRET, f"load-{stamp}-{i}")
         headers = {"Authorization": f"Bearer {token}"}
-        async with limiter:
-            session = (await client.post("/api/sessions", json={}, headers=headers)).json()
-        posted = await client.post(
-            f"/api/sessions/{session['id']}/messages", json={"content": "slow"}, headers=headers
-        )
-        return token, posted.json()["id"]
+        session = await post("/api/sessions", headers, {})
+        job = await post(f"/api/sessions/{session['id']}/messages", headers, {"content": "slow"})
+        return token, str(job["id"])
 
     return list(await asyncio.gather(*(one(i) for i in range(load))))
 
