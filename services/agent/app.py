@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> FastStream:
 
     async def begin() -> None:
         # After broker.start(): the cancel subscriber listens before the first job runs.
+        await broker.connection.flush()
         await consumer.start()
         log.info(
             "agent started",

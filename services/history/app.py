@@ -84,6 +84,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.after_startup
     async def start_relay() -> None:
+        # Subscriptions reach the server before anyone is told this replica answers.
+        await broker.connection.flush()
         # Events left pending by a crash are published on the first tick.
         relay.start()
         relay.wake()

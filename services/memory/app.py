@@ -71,6 +71,8 @@ def create_app(settings: Settings) -> FastStream:
 
     @app.after_startup
     async def announce() -> None:
+        # Subscriptions reach the server before anyone is told this replica answers.
+        await broker.connection.flush()
         log.info(
             "memory started",
             model=settings.llm_model,

@@ -205,6 +205,8 @@ async def start_agent(clean_nats: str) -> AsyncIterator[StartAgent]:
             history_broker = NatsBroker(clean_nats)
             history.router(history_broker)
             await history_broker.start()
+            # The server must know the subscriptions before anyone sends a request.
+            await history_broker.connection.flush()
             stack.push_async_callback(history_broker.stop)
             await ensure_streams(history_broker, STREAMS)
             kv = await jobs_bucket(history_broker)

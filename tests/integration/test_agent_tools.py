@@ -65,6 +65,8 @@ async def tooled(start_agent: StartAgent) -> AsyncIterator[tuple[Stack, Lookups]
     broker = NatsBroker(stack.settings.nats_url)
     lookups.router(broker, stack)
     await broker.start()
+    # The server must know the subscriptions before anyone sends a request.
+    await broker.connection.flush()
     try:
         yield stack, lookups
     finally:

@@ -37,6 +37,8 @@ async def responders(
     for subject in pings:
         _respond(broker, subject, Contract, pong)
     await broker.start()
+    # The server must know the subscriptions before anyone sends a request.
+    await broker.connection.flush()
     try:
         yield
     finally:
