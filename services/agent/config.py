@@ -2,7 +2,7 @@
 
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.runtime.config import ServiceSettings
 
@@ -49,6 +49,12 @@ class Settings(ServiceSettings):
     agent_shutdown_grace: float = Field(
         default=20.0, ge=0, description="how long running jobs may finish after SIGTERM"
     )
+
+    @field_validator("openai_api_key", "openai_base_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # Compose and shells pass `OPENAI_API_KEY=` for "no key": treat it as absent.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> Self:

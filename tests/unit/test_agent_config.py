@@ -50,3 +50,11 @@ def test_new_knobs_have_their_documented_defaults() -> None:
     settings = Settings(openai_base_url="http://x/v1")
     assert (settings.agent_order_wait, settings.agent_order_retry_delay) == (5.0, 1.0)
     assert settings.agent_shutdown_grace == 20.0
+
+
+def test_a_blank_key_counts_as_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    settings = Settings()
+    assert settings.openai_api_key is None
+    assert settings.api_key  # a placeholder: the SDK refuses an empty key
