@@ -74,11 +74,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL with synchronous=NORMAL survives a crash of any process; only an OS crash or power
     # loss can drop the last commits. Production runs on Postgres.
+    # busy_timeout first: switching to WAL takes a lock, and must wait for it like any write.
     pragmas = (
+        "busy_timeout = 10000",
         "foreign_keys = ON",
         "journal_mode = WAL",
         "synchronous = NORMAL",
-        "busy_timeout = 10000",
     )
     for pragma in pragmas:
         cursor.execute(f"PRAGMA {pragma}")
