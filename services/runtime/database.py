@@ -1,0 +1,137 @@
+"""SQL plumbing shared by the services that own tables: engines, SQLite pragmas, migrations.
+
+A service describes its database once (:class:`Database`: its Postgres schema,
+the package holding its Alembic ``migrations/``, its migration lock and the
+execution option that marks write transactions) and gets an engine factory and
+``migrate`` from it. On SQLite the schema is translated away, so one set of
+models serves both backends, and several services can share one SQLite file.
+"""
+
+import uuid
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, func, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# busy_timeout first: switching to WAL takes a lock, and must wait for it like any write.
+# WAL with synchronous=NORMAL survives a crash of any process; only an OS crash or power
+# loss can drop the last commits. Production runs on Postgres.
+SQLITE_PRAGMAS = (
+    "busy_timeout = 10000",
+    "foreign_keys = ON",
+    "journal_mode = WAL",
+    "synchronous = NORMAL",
+)
+
+
+def is_sqlite(database_url: str) -> bool:
+    """Tell whether the URL points at SQLite."""
+    return make_url(database_url).get_backend_name() == "sqlite"
+
+
+def ensure_sqlite_dir(database_url: str) -> None:
+    """Create the directory of a SQLite database file if it is missing."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class Database:
+    """How one service keeps its tables."""
+
+    schema: str
+    package: str
+    lock_key: int  # any fixed 64-bit number, the same in every replica of the service
+    write_option: str  # execution option that makes a SQLite transaction BEGIN IMMEDIATE
+
+    def make_engine(
+        self, database_url: str, pool_size: int = 5, max_overflow: int = 10
+    ) -> AsyncEngine:
+        """Build the async engine; on SQLite, translate the schema away and set pragmas."""
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        url = make_url(database_url)
+        if url.database not in (None, "", ":memory:"):
+            # An in-memory SQLite database lives in one connection: no pool to size.
+            options.update(pool_size=pool_size, max_overflow=max_overflow)
+        if url.get_backend_name() == "postgresql":
+            url, options["connect_args"] = _pooler_args(url)
+        engine = create_async_engine(url, **options)
+        if not is_sqlite(database_url):
+            return engine
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", self._sqlite_begin)
+        return engine.execution_options(schema_translate_map={self.schema: None})
+
+    def _sqlite_begin(self, conn: Connection) -> None:
+        # A writer that starts as a reader can fail at once with SQLITE_BUSY when it
+        # upgrades its lock; taking the write lock up front makes writers queue instead.
+        immediate = conn.get_execution_options().get(self.write_option, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    def alembic_config(self, connection: Connection | None = None) -> Config:
+        """Build the Alembic configuration from the migrations shipped in the package."""
+        config = Config()
+        config.set_main_option("script_location", str(files(self.package) / "migrations"))
+        config.attributes["connection"] = connection
+        return config
+
+    async def migrate_engine(self, engine: AsyncEngine, revision: str = "head") -> None:
+        """Upgrade the database behind ``engine``; replicas on Postgres take turns."""
+
+        def upgrade(connection: Connection) -> None:
+            command.upgrade(self.alembic_config(connection), revision)
+
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**{self.write_option: True})
+            async with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    # Held until commit, so concurrent replicas migrate one after another.
+                    await conn.execute(select(func.pg_advisory_xact_lock(self.lock_key)))
+                await conn.run_sync(upgrade)
+
+    async def migrate(self, database_url: str, revision: str = "head") -> None:
+        """Upgrade this service's schema of the database at ``database_url``."""
+        ensure_sqlite_dir(database_url)
+        engine = self.make_engine(database_url, pool_size=1, max_overflow=0)
+        try:
+            await self.migrate_engine(engine, revision)
+        finally:
+            await engine.dispose()
+
+
+def _pooler_args(url: URL) -> tuple[URL, dict[str, Any]]:
+    """Behind pgbouncer in transaction mode, prepare no statement that outlives a query.
+
+    ``prepared_statement_cache_size=0`` (SQLAlchemy's cache) or
+    ``statement_cache_size=0`` (asyncpg's) in the URL turns both caches off and
+    names each prepared statement uniquely, as a pooled server connection may
+    already hold one by asyncpg's default name.
+    """
+    query = dict(url.query)
+    sizes = [
+        query.pop(name, None) for name in ("prepared_statement_cache_size", "statement_cache_size")
+    ]
+    if not any(size is not None and str(size) == "0" for size in sizes):
+        return url, {}
+    url = url.set(query={**query, "prepared_statement_cache_size": "0"})
+    return url, {
+        "statement_cache_size": 0,
+        "prepared_statement_name_func": lambda: f"__chatbus_{uuid.uuid4().hex}__",
+    }
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own implicit transactions are off; Database._sqlite_begin opens them.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
