@@ -6,22 +6,18 @@ the one set of tables serves both backends and shares the file with history
 (the names do not collide: ``memories``, ``processed_sessions``).
 """
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     CheckConstraint,
     Column,
-    DateTime,
-    Dialect,
     Index,
     Integer,
     MetaData,
     String,
     Table,
-    TypeDecorator,
     Uuid,
 )
+
+from services.runtime.database import UTCDateTime
 
 SCHEMA = "memory"
 MEMORY_CHARS = 500  # contracts.memory.MAX_MEMORY_CHARS, fixed in the migration
@@ -32,28 +28,6 @@ STORED = "stored"
 ANNOUNCED = "announced"
 DELETED = "deleted"
 STATUSES = (STORED, ANNOUNCED, DELETED)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Store aware datetimes as UTC and read them back aware, on every backend."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        # SQLite keeps text; one fixed naive UTC format keeps comparisons and ordering right.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 metadata = MetaData(schema=SCHEMA)

@@ -9,13 +9,24 @@ models serves both backends, and several services can share one SQLite file.
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, select
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Dialect,
+    MetaData,
+    TypeDecorator,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -41,6 +52,56 @@ def ensure_sqlite_dir(database_url: str) -> None:
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return
     Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store aware datetimes as UTC and read them back aware, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite keeps text; one fixed naive UTC format keeps comparisons and ordering right.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def run_alembic_env(service: str, schema: str, metadata: MetaData) -> None:
+    """Body of a service's Alembic ``env.py``: migrate the connection ``migrate`` handed over.
+
+    Postgres keeps the tables and the version table in the service's schema. SQLite
+    has no schemas, so tables are unqualified and the version table is named
+    ``<service>_alembic_version`` so several services' migrations can share the file.
+    """
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError(f"run {service} migrations through services.{service}.db.migrate()")
+    if connection.dialect.name == "postgresql":
+        table, version_schema = "alembic_version", schema
+        # Alembic creates its version table before the first migration runs.
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
+    else:
+        table, version_schema = f"{service}_alembic_version", None
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=table,
+        version_table_schema=version_schema,
+        include_schemas=version_schema is not None,
+        transaction_per_migration=False,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 @dataclass(frozen=True)
