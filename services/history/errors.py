@@ -54,13 +54,3 @@ class DuplicateMessage(Exception):
 def to_bus_error(exc: HistoryError) -> BusError:
     """Map a domain error to the error carried by a reply."""
     return BusError(code=exc.code, message=str(exc)[:2000])
-
-
-def invalid(message: str) -> BusError:
-    """Build the error of a request that failed contract validation."""
-    return BusError(code="invalid", message=message[:2000])
-
-
-def internal() -> BusError:
-    """Build the error of an unexpected failure, without internals."""
-    return BusError(code="internal", message="internal error in the history service")

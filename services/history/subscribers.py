@@ -1,14 +1,11 @@
 """Bus edges of the history service: validate, call one service method, reply."""
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import structlog
 from faststream.nats import NatsMessage, NatsRouter
-from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.base import Contract, Ping, Pong, Reply
+from contracts.base import Ping, Pong
 from contracts.history import (
     AppendMessage,
     ArchiveSession,
@@ -25,52 +22,12 @@ from contracts.history import (
     SessionPage,
     SessionReply,
 )
-from services.history.errors import HistoryError, internal, invalid, to_bus_error
+from services.history.errors import HistoryError, to_bus_error
 from services.history.service import HistoryService
-from services.runtime.bus import RequestMeta
+from services.runtime.answer import RequestAnswerer
 from services.runtime.deadletter import DeadLetterPublisher
 
-Req = TypeVar("Req", bound=Contract)
-Rep = TypeVar("Rep", bound=Reply)
 log = structlog.get_logger("chatbus.history.subscribers")
-
-
-class Answerer:
-    """Turn one raw request into one reply, whatever goes wrong."""
-
-    def __init__(self, deadletters: DeadLetterPublisher) -> None:
-        self.deadletters = deadletters
-
-    async def answer(
-        self,
-        msg: NatsMessage,
-        request_type: type[Req],
-        reply_type: type[Rep],
-        call: Callable[[Req, RequestMeta], Awaitable[Rep]],
-    ) -> Rep:
-        """Validate the body, run ``call``, and map every failure to an error reply."""
-        try:
-            request = request_type.model_validate_json(msg.body)
-        except ValidationError as exc:
-            reason = f"invalid {request_type.__name__}: {describe(exc)}"
-            await self.deadletters.publish(msg, reason)
-            return reply_type(error=invalid(reason))
-        try:
-            return await call(request, RequestMeta.from_headers(msg.headers))
-        except HistoryError as exc:
-            return reply_type(error=to_bus_error(exc))
-        except Exception:
-            log.exception("history request failed", request=request_type.__name__)
-            return reply_type(error=internal())
-
-
-def describe(exc: ValidationError) -> str:
-    """Summarise validation errors as ``field: problem`` pairs, without echoing input."""
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)[:1500]
 
 
 def build_router(
@@ -78,7 +35,7 @@ def build_router(
 ) -> NatsRouter:
     """Wire the history subjects to the service, one queue group across replicas."""
     router = NatsRouter()
-    edge = Answerer(deadletters)
+    edge = RequestAnswerer("history", deadletters, HistoryError, to_bus_error)
     queue = subjects.HISTORY_QUEUE
 
     @router.subscriber(subjects.HISTORY_SESSION_CREATE, queue=queue, max_workers=max_workers)

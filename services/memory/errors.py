@@ -110,13 +110,3 @@ def _reason(exc: BaseException) -> str:
 def to_bus_error(exc: MemoryServiceError) -> BusError:
     """Map a domain error to the error carried by a reply."""
     return BusError(code=exc.code, message=str(exc)[:REASON_LIMIT])
-
-
-def invalid(message: str) -> BusError:
-    """Build the error of a request that failed contract validation."""
-    return BusError(code="invalid", message=message[:REASON_LIMIT])
-
-
-def internal() -> BusError:
-    """Build the error of an unexpected failure, without internals."""
-    return BusError(code="internal", message="internal error in the memory service")

@@ -11,7 +11,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.base import Contract, Ping, Pong, Reply
+from contracts.base import Contract, Ping, Pong
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.memory.config import Settings
@@ -19,31 +19,19 @@ from services.memory.errors import (
     MemoryServiceError,
     Settle,
     Verdict,
-    internal,
-    invalid,
     to_bus_error,
     verdict_for,
 )
 from services.memory.service import MemoryService
+from services.runtime.answer import RequestAnswerer, describe
 from services.runtime.bus import RequestMeta
 from services.runtime.deadletter import DeadLetterPublisher
 
-Req = TypeVar("Req", bound=Contract)
-Rep = TypeVar("Rep", bound=Reply)
 E = TypeVar("E", bound=Contract)
 log = structlog.get_logger("chatbus.memory.subscribers")
 # Deliveries that ended without a verdict (crashed replicas) are retried up to this many
 # times the attempts, so a message that kills its consumer cannot loop for ever.
 CRASH_SLACK = 2
-
-
-def describe(exc: ValidationError) -> str:
-    """Summarise validation errors as ``field: problem`` pairs, without echoing input."""
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)[:1500]
 
 
 def consumer_config(settings: Settings, durable: str, subject: str) -> ConsumerConfig:
@@ -69,28 +57,8 @@ class Edge:
     def __init__(self, settings: Settings, deadletters: DeadLetterPublisher) -> None:
         self.settings = settings
         self.deadletters = deadletters
-
-    async def answer(
-        self,
-        msg: NatsMessage,
-        request_type: type[Req],
-        reply_type: type[Rep],
-        call: Callable[[Req, RequestMeta], Awaitable[Rep]],
-    ) -> Rep:
-        """Validate the body, run ``call``, and map every failure to an error reply."""
-        try:
-            request = request_type.model_validate_json(msg.body)
-        except ValidationError as exc:
-            reason = f"invalid {request_type.__name__}: {describe(exc)}"
-            await self.deadletters.publish(msg, reason)
-            return reply_type(error=invalid(reason))
-        try:
-            return await call(request, RequestMeta.from_headers(msg.headers))
-        except MemoryServiceError as exc:
-            return reply_type(error=to_bus_error(exc))
-        except Exception:
-            log.exception("memory request failed", request=request_type.__name__)
-            return reply_type(error=internal())
+        answerer = RequestAnswerer("memory", deadletters, MemoryServiceError, to_bus_error)
+        self.answer = answerer.answer
 
     async def consume(
         self,
