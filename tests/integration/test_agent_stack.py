@@ -153,7 +153,9 @@ class Stack:
             info = await self.js.stream_info(stream)
         except NotFoundError:
             return []
-        bodies = []
+        bodies: list[bytes] = []
+        if info.state.messages == 0:
+            return bodies  # an empty stream reports sequence 0, which get_msg refuses
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await self.js.get_msg(stream, seq)
             if msg.subject == subject and msg.data is not None:
