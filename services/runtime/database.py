@@ -7,6 +7,8 @@ execution option that marks write transactions) and gets an engine factory and
 models serves both backends, and several services can share one SQLite file.
 """
 
+import asyncio
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,15 +32,16 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-# busy_timeout first: switching to WAL takes a lock, and must wait for it like any write.
-# WAL with synchronous=NORMAL survives a crash of any process; only an OS crash or power
-# loss can drop the last commits. Production runs on Postgres.
+# Set on every connection. The journal mode is kept in the file itself, so ``migrate``
+# switches it to WAL once (see _sqlite_wal). WAL with synchronous=NORMAL survives a crash
+# of any process; only an OS crash or power loss can drop the last commits. Production
+# runs on Postgres.
 SQLITE_PRAGMAS = (
     "busy_timeout = 10000",
     "foreign_keys = ON",
-    "journal_mode = WAL",
     "synchronous = NORMAL",
 )
+SQLITE_WAL_WAIT = 10.0  # seconds ``migrate`` keeps trying to switch a busy file to WAL
 
 
 def is_sqlite(database_url: str) -> bool:
@@ -163,6 +166,8 @@ class Database:
         ensure_sqlite_dir(database_url)
         engine = self.make_engine(database_url, pool_size=1, max_overflow=0)
         try:
+            if is_sqlite(database_url):
+                await _sqlite_wal(engine)
             await self.migrate_engine(engine, revision)
         finally:
             await engine.dispose()
@@ -187,6 +192,28 @@ def _pooler_args(url: URL) -> tuple[URL, dict[str, Any]]:
         "statement_cache_size": 0,
         "prepared_statement_name_func": lambda: f"__chatbus_{uuid.uuid4().hex}__",
     }
+
+
+async def _sqlite_wal(engine: AsyncEngine) -> None:
+    """Switch a SQLite file to WAL, waiting while other connections write to it.
+
+    SQLite answers a busy journal-mode switch at once instead of calling the busy
+    handler (the connection already reads, and waiting could deadlock), so
+    ``busy_timeout`` does not cover it: retry here, outside any transaction.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SQLITE_WAL_WAIT
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        while True:
+            try:
+                await driver.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

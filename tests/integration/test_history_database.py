@@ -145,6 +145,13 @@ async def test_migrate_creates_the_sqlite_directory(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "b" / "history.db").exists()
 
 
+async def test_migrate_leaves_the_sqlite_file_in_wal_mode(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
+    await migrate(url)
+    # Kept in the file: a fresh connection, which sets no journal mode, reads it back.
+    assert await _scalar(url, "PRAGMA journal_mode") == "wal"
+
+
 async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> None:
     await migrate(database_url)
     engine = make_engine(database_url)
