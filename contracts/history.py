@@ -104,10 +104,15 @@ class SessionPage(Reply):
 
 
 class MessageReply(Reply):
-    """A stored message (the existing one when the append was a duplicate)."""
+    """A stored message (the existing one when the append was a duplicate).
+
+    ``persona`` is the persona of the message's session, so whoever queues a chat
+    job for a user message needs no second request to learn it.
+    """
 
     message: MessageRecord | None = None
     created: bool = False
+    persona: str | None = None
 
 
 class MessagePage(Reply):

@@ -72,6 +72,7 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self.tools: dict[str, Tool] = {}
+        self._specs: list[Mapping[str, Any]] | None = None
 
     def tool(self, name: str) -> Callable[[ToolFn[A]], ToolFn[A]]:
         """Register an async function ``(args: Model, ctx: ToolContext) -> str`` as a tool."""
@@ -85,6 +86,7 @@ class ToolRegistry:
                 raise ValueError(f"tool {name} is registered already")
             description = inspect.getdoc(fn) or name
             self.tools[name] = Tool(name, description, model, fn)
+            self._specs = None
             return fn
 
         return register
@@ -93,8 +95,11 @@ class ToolRegistry:
         return bool(self.tools)
 
     def specs(self) -> list[Mapping[str, Any]]:
-        """Return the ``tools`` parameter of a chat completion."""
-        return [tool.spec() for tool in self.tools.values()]
+        """Return the ``tools`` parameter of a chat completion, built once: don't mutate it."""
+        # A JSON schema costs ~2 ms to generate: every job shares one copy.
+        if self._specs is None:
+            self._specs = [tool.spec() for tool in self.tools.values()]
+        return list(self._specs)
 
     async def call(self, name: str, arguments: str, ctx: ToolContext) -> str:
         """Run a tool the model called; every failure comes back as text for the model."""

@@ -80,7 +80,7 @@ class Jobs:
         try:
             await self._join_user_lane(job)
         except TooManyJobs:
-            await self._discard(job, revision)
+            await self.discard(job, revision)
             raise
         except BusError as exc:
             await self.fail(job, revision, exc)
@@ -89,7 +89,7 @@ class Jobs:
             await self._join_session_lane(job, multitask, meta)
         except Conflict:
             await self.release(job)
-            await self._discard(job, revision)
+            await self.discard(job, revision)
             raise
         except BusError as exc:
             await self.fail(job, revision, exc)
@@ -221,7 +221,7 @@ class Jobs:
         latest = await self.bus.watch_job(state.id, wait)
         return latest or state
 
-    async def _discard(self, job: JobState, revision: int) -> None:
+    async def discard(self, job: JobState, revision: int) -> None:
         """Delete a job that was refused before anything else saw it, so its key can be reused."""
         try:
             await self.bus.delete_job(job.id, revision)

@@ -37,7 +37,7 @@ from services.gateway.jobs import Jobs, Multitask, lease_expired
 from services.runtime.bus import BusError, BusProtocolError, BusTimeout, BusUnavailable, RequestMeta
 
 R = TypeVar("R", bound=Reply)
-C = TypeVar("C", bound=Contract)
+C = TypeVar("C", bound=Contract | str)
 log = structlog.get_logger("chatbus.gateway")
 
 # Idempotency keys map to job ids through this namespace, scoped by user.
@@ -187,9 +187,11 @@ class GatewayService:
         job_id = job_id_for(caller.user_id, idempotency_key)
         if idempotency_key is not None and (found := await self.bus.get_job(job_id)):
             return Submission(self._owned(found[0], caller), created=False)
-        session = await self.get_session(caller, session_id)
-        if session.status != "active":
-            raise Conflict("the session is archived")
+        if multitask != "enqueue":
+            # These look at the session's other jobs: make sure it is the caller's first.
+            session = await self.get_session(caller, session_id)
+            if session.status != "active":
+                raise Conflict("the session is archived")
         job = JobState(
             id=job_id,
             user_id=caller.user_id,
@@ -203,7 +205,13 @@ class GatewayService:
             return Submission(await self.get_job(caller, job_id), created=False)
         await self.jobs.admit(job, revision, multitask, self._meta(caller))
         try:
-            await self._enqueue(caller, job, session, content)
+            await self._enqueue(caller, job, content)
+        except (NotFound, Conflict):
+            # History refused the message (no such session, or archived): nothing was
+            # stored or published, so the job disappears as if never asked for.
+            await self.jobs.release(job)
+            await self.jobs.discard(job, revision)
+            raise
         except Exception as exc:
             await self.jobs.fail(job, revision, exc)
             await self.jobs.release(job)
@@ -226,9 +234,8 @@ class GatewayService:
             return job
         return latest
 
-    async def _enqueue(
-        self, caller: Caller, job: JobState, session: SessionRecord, content: str
-    ) -> None:
+    async def _enqueue(self, caller: Caller, job: JobState, content: str) -> None:
+        """Store the user's message (history checks the session), then publish the job."""
         append = AppendMessage(
             user_id=caller.user_id,
             session_id=job.session_id,
@@ -238,11 +245,12 @@ class GatewayService:
         )
         reply = await self._ask(caller, subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
         message = _required(reply.message, subjects.HISTORY_MESSAGE_APPEND)
+        persona = _required(reply.persona, subjects.HISTORY_MESSAGE_APPEND)
         command = RequestChat(
             job_id=job.id,
             user_id=caller.user_id,
             session_id=job.session_id,
-            persona=session.persona,
+            persona=persona,
             message_id=message.id,
             content=content,
             created_at=job.created_at,

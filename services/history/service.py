@@ -168,7 +168,7 @@ class HistoryService:
                 session = await _owned(tx, req.session_id, req.user_id, lock=True)
                 existing = await tx.get_message(req.job_id, req.role)
                 if existing is not None:
-                    return self._duplicate(existing, req)
+                    return self._duplicate(existing, req, session.persona)
                 if req.role == "user" and session.status != "active":
                     raise Conflict("the session is archived")
                 await tx.insert_message(record)
@@ -177,11 +177,12 @@ class HistoryService:
             # A concurrent duplicate committed first: answer with its message.
             async with self.store.read() as tx:
                 existing = await tx.get_message(req.job_id, req.role)
-            if existing is None:
+                found = await tx.get_session(req.session_id)
+            if existing is None or found is None:
                 raise NotFound("no such session") from None
-            return self._duplicate(existing, req)
+            return self._duplicate(existing, req, found.persona)
         await self._committed(req.user_id, [req.session_id], events=False)
-        return MessageReply(message=record, created=True)
+        return MessageReply(message=record, created=True, persona=session.persona)
 
     async def list_messages(self, req: ListMessages, _: RequestMeta) -> MessagePage:
         """Return a page of a session's messages, newest first."""
@@ -220,11 +221,13 @@ class HistoryService:
             items = await tx.search_messages(req.user_id, req.query, req.limit)
         return MessagePage(items=tuple(items))
 
-    def _duplicate(self, existing: MessageRecord, req: AppendMessage) -> MessageReply:
+    def _duplicate(
+        self, existing: MessageRecord, req: AppendMessage, persona: str
+    ) -> MessageReply:
         if existing.session_id != req.session_id or existing.user_id != req.user_id:
             # A job id belongs to one session; reusing it elsewhere is a caller's bug.
             raise Conflict("this job already stored a message in another session")
-        return MessageReply(message=existing, created=False)
+        return MessageReply(message=existing, created=False, persona=persona)
 
     async def _committed(
         self, user_id: str, session_ids: Sequence[uuid.UUID], *, events: bool

@@ -9,7 +9,7 @@ import httpx
 
 from contracts import subjects
 from contracts.base import Pong, utcnow
-from contracts.chat import JobState, RequestChat
+from contracts.chat import JobLane, JobState, RequestChat
 from contracts.history import MessageRecord
 from services.runtime.bus import BusTimeout, BusUnavailable
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
@@ -127,8 +127,8 @@ async def test_every_bus_call_carries_request_meta() -> None:
             json={"content": "hi"},
             headers={**bearer("alice"), "X-Request-ID": "meta-1"},
         )
+    # One history request per message: the append checks the session and names its persona.
     assert [subject for subject, _ in bus.calls] == [
-        subjects.HISTORY_SESSION_GET,
         subjects.HISTORY_MESSAGE_APPEND,
         subjects.CHAT_REQUESTED,
     ]
@@ -168,6 +168,9 @@ async def test_message_to_archived_or_missing_session() -> None:
     assert archived.status_code == 409
     assert missing.status_code == 404
     assert bus.published == [] and bus.jobs == {}
+    # The refused jobs joined their lanes before history refused them, and left again.
+    lanes = [JobLane.model_validate_json(e.value) for e in bus.lanes_kv.entries.values()]
+    assert lanes and all(lane.jobs == () for lane in lanes)
 
 
 async def test_same_idempotency_key_returns_the_same_job() -> None:
