@@ -36,6 +36,7 @@ from nats.js.kv import KeyValue
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procstats import cpu_seconds, status_kb  # noqa: E402
 from contracts import subjects  # noqa: E402
 from contracts.base import Ping, Pong, utcnow  # noqa: E402
 from contracts.chat import JobState, RequestChat  # noqa: E402
@@ -75,20 +76,6 @@ def spawn(
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-
-
-def status_kb(pid: int, field: str) -> int:
-    """Read one ``kB`` field (VmRSS, VmHWM) of /proc/<pid>/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the user + system CPU time a process used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_for_pong(bus: BusClient, subject: str, proc: subprocess.Popen[bytes]) -> None:

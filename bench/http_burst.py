@@ -37,6 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procstats import cpu_seconds  # noqa: E402
 from tests.e2e.cluster import Cluster  # noqa: E402
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -180,8 +181,11 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         began = time.perf_counter()
         sessions = await create_sessions(http, cluster, args.jobs, args.users)
         setup = time.perf_counter() - began
+        pids = {name: proc.pid for name, proc in cluster.procs.items() if proc.pid is not None}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         first, answers = await submit(http, sessions)
         final = await follow(http, answers, time.monotonic() + args.latency + args.follow)
+        cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}
         replies = await count_replies(http, answers)
     accepted = [a for a in answers if "job" in a]
     finished = {j: epoch(s["finished_at"]) for j, s in final.items() if s.get("finished_at")}
@@ -210,6 +214,9 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "statuses": {k: v for k, v in statuses.items() if v},
         "attempts": dict(Counter(s["attempts"] for s in final.values())),
         "assistant_messages_per_job": {str(k): v for k, v in sorted(replies.items())},
+        "store": "postgres" if "postgres" in (args.database_url or "") else "sqlite",
+        "cache": "redis" if args.redis_url else "in-process LRU",
+        "cpu_seconds_from_submit_to_last_follow": cpu,
     }
 
 
@@ -223,10 +230,15 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=6.0, help="seconds, first submit → last")
     parser.add_argument("--follow", type=float, default=60.0, help="seconds to wait past latency")
     parser.add_argument("--bus-timeout", type=float, default=2.0, help="BUS_REQUEST_TIMEOUT")
+    parser.add_argument(
+        "--database-url", help="DATABASE_URL of history and memory (default: a SQLite file)"
+    )
+    parser.add_argument("--redis-url", help="REDIS_URL of history (default: in-process LRU)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the stack's logs (path printed)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="http-burst-"))
+    stores = {"DATABASE_URL": args.database_url, "REDIS_URL": args.redis_url}
     try:
         cluster = Cluster(
             tmp,
@@ -234,7 +246,10 @@ def main() -> None:
             sim_tokens_per_second=0,
             agent_env={"AGENT_CONCURRENCY": str(args.concurrency)},
             gateway_env={"MAX_ACTIVE_JOBS_PER_USER": str(max(8, args.jobs))},
-            env={"BUS_REQUEST_TIMEOUT": str(args.bus_timeout)},
+            env={
+                "BUS_REQUEST_TIMEOUT": str(args.bus_timeout),
+                **{name: url for name, url in stores.items() if url},
+            },
         )
         try:
             cluster.start(agents=1, gateways=1)

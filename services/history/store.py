@@ -1,7 +1,8 @@
 """Persistence of sessions and messages: queries only, no rules."""
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -22,6 +23,10 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite has one writer at a time. Writers of this process take turns here, where
+        # waiting costs nothing, instead of in SQLite's busy handler, which sleeps and
+        # retries: under 50 concurrent appends that cut throughput from ~115/s to ~35/s.
+        self._turn = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator["Tx"]:
@@ -32,7 +37,7 @@ class Store:
     @asynccontextmanager
     async def write(self) -> AsyncIterator["Tx"]:
         """Run queries in one write transaction, committed when the block exits cleanly."""
-        async with self.engine.connect() as conn:
+        async with self._turn or nullcontext(), self.engine.connect() as conn:
             conn = await conn.execution_options(**{WRITE_OPTION: True})
             async with conn.begin():
                 yield Tx(conn)

@@ -120,8 +120,9 @@ class Database:
         self, database_url: str, pool_size: int = 5, max_overflow: int = 10
     ) -> AsyncEngine:
         """Build the async engine; on SQLite, translate the schema away and set pragmas."""
-        options: dict[str, Any] = {"pool_pre_ping": True}
         url = make_url(database_url)
+        # A server can drop idle connections; a SQLite file cannot: no ping per checkout.
+        options: dict[str, Any] = {"pool_pre_ping": url.get_backend_name() != "sqlite"}
         if url.database not in (None, "", ":memory:"):
             # An in-memory SQLite database lives in one connection: no pool to size.
             options.update(pool_size=pool_size, max_overflow=max_overflow)
