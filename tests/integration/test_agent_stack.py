@@ -4,8 +4,6 @@ stand-in, and the agent itself (in this process, or as ``python -m services.agen
 Holds no tests of its own; the agent's integration tests import it.
 """
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -19,7 +17,6 @@ import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
@@ -41,6 +38,8 @@ from services.runtime.lanes import Lanes
 from services.simllm import model
 from services.simllm.config import Settings as SimSettings
 from services.simllm.server import running
+from tests.streams import eventually as polled
+from tests.streams import stream_messages
 
 DEADLINE = 20.0
 T = TypeVar("T")
@@ -50,13 +49,9 @@ async def eventually(
     probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = DEADLINE
 ) -> T:
     """Poll ``probe`` until ``done`` holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, f"gave up waiting; last value: {value!r}"
-        await asyncio.sleep(0.05)
+    value = await polled(probe, done, timeout)
+    assert done(value), f"gave up waiting; last value: {value!r}"
+    return value
 
 
 @dataclass
@@ -149,18 +144,7 @@ class Stack:
 
     async def stream_bodies(self, stream: str, subject: str) -> list[bytes]:
         """Return the bodies stored in a stream under one subject, oldest first."""
-        try:
-            info = await self.js.stream_info(stream)
-        except NotFoundError:
-            return []
-        bodies: list[bytes] = []
-        if info.state.messages == 0:
-            return bodies  # an empty stream reports sequence 0, which get_msg refuses
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await self.js.get_msg(stream, seq)
-            if msg.subject == subject and msg.data is not None:
-                bodies.append(msg.data)
-        return bodies
+        return [m.data for m in await stream_messages(self.js, stream, subject) if m.data]
 
     async def sim_seen(self) -> dict[str, Any]:
         """Return what the simulated model received, and the streams closed early."""

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import nats
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.sessions import SessionArchived, SessionDeleted
@@ -29,6 +27,8 @@ from services.history.config import Settings as HistorySettings
 from services.launcher.natsserver import free_port
 from services.memory.app import create_app as create_memory
 from services.memory.config import Settings as MemorySettings
+from tests.streams import eventually as polled
+from tests.streams import stream_messages_at
 from tests.unit.test_gateway_fakes import bearer, make_settings
 
 pytestmark = pytest.mark.integration
@@ -110,31 +110,13 @@ async def client(clean_nats: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncCl
 
 async def session_events(nats_url: str, subject: str) -> list[bytes]:
     """Return the bodies the session-events stream holds on ``subject``, oldest first."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        state = (await js.stream_info(subjects.SESSION_EVENTS_STREAM.name)).state
-        found: list[bytes] = []
-        for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-            try:
-                msg = await js.get_msg(subjects.SESSION_EVENTS_STREAM.name, seq)
-            except NotFoundError:
-                continue
-            if msg.subject == subject and msg.data is not None:
-                found.append(msg.data)
-        return found
-    finally:
-        await nc.close()
+    stream = subjects.SESSION_EVENTS_STREAM.name
+    return [m.data for m in await stream_messages_at(nats_url, stream, subject) if m.data]
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
-    """Poll ``probe`` until ``done`` holds or the deadline passes; return the last value."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
+    """Poll ``probe`` until ``done`` holds or TIMEOUT passes; return the last value."""
+    return await polled(probe, done, TIMEOUT)
 
 
 async def new_session(client: httpx.AsyncClient, persona: str, user: str = "alice") -> str:

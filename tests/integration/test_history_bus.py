@@ -7,11 +7,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 from faststream.nats import NatsBroker
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.base import Ping, Pong
@@ -39,6 +37,7 @@ from services.history.outbox import Relay
 from services.history.store import Store
 from services.launcher.natsserver import NatsServer
 from services.runtime.bus import BusClient, RequestMeta, ensure_streams, make_broker
+from tests.streams import stream_messages_at
 from tests.unit.test_history_service import META, RecordingPublisher, build_service
 
 pytestmark = pytest.mark.integration
@@ -69,32 +68,11 @@ async def running(clean_nats: str, tmp_path: Path) -> AsyncIterator[Running]:
             await client.stop()
 
 
-async def _stream_messages(nats_url: str, stream: str, subject: str) -> list[RawStreamMsg]:
-    """Return every message the stream holds on the subject, oldest first."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        found: list[RawStreamMsg] = []
-        if info.state.messages == 0:
-            return found
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            try:
-                msg = await js.get_msg(stream, seq)
-            except NotFoundError:
-                continue
-            if msg.subject == subject:
-                found.append(msg)
-        return found
-    finally:
-        await nc.close()
-
-
 async def _wait_for_events(nats_url: str, subject: str, count: int) -> list[RawStreamMsg]:
     """Poll the session-events stream until it holds ``count`` messages on the subject."""
     deadline = time.monotonic() + TIMEOUT
     while True:
-        found = await _stream_messages(nats_url, subjects.SESSION_EVENTS_STREAM.name, subject)
+        found = await stream_messages_at(nats_url, subjects.SESSION_EVENTS_STREAM.name, subject)
         if len(found) >= count or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.05)
@@ -157,7 +135,7 @@ async def test_malformed_request_is_answered_and_dead_lettered(running: Running)
     assert reply.error is not None and reply.error.code == "invalid"
     assert "session_id" in reply.error.message
 
-    letters = await _stream_messages(
+    letters = await stream_messages_at(
         running.nats_url, subjects.DEADLETTER_STREAM.name, subjects.deadletter("history")
     )
     assert len(letters) == 1
@@ -176,7 +154,7 @@ async def test_second_session_of_a_persona_announces_one_archive(running: Runnin
     first = await running.bus.request(subjects.HISTORY_SESSION_CREATE, request, SessionReply, meta)
     assert first.session is not None
     assert (
-        await _stream_messages(
+        await stream_messages_at(
             running.nats_url, subjects.SESSION_EVENTS_STREAM.name, subjects.SESSION_ARCHIVED
         )
         == []
@@ -268,7 +246,7 @@ async def test_an_event_committed_while_the_bus_is_down_is_published_once_later(
         while await relay.drain() or relay._failing:  # the row is marked sent
             assert time.monotonic() < deadline + TIMEOUT
             await asyncio.sleep(0.05)
-        events = await _stream_messages(
+        events = await stream_messages_at(
             server.url, subjects.SESSION_EVENTS_STREAM.name, subjects.SESSION_ARCHIVED
         )
         assert len(events) == 1

@@ -23,7 +23,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsBroker
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.base import BusError, Ping, Pong, utcnow
@@ -42,6 +41,8 @@ from services.memory.app import create_app, ensure_consumers
 from services.memory.config import Settings
 from services.runtime.bus import BusClient, RequestMeta, ensure_streams
 from services.simllm.memories import memory_extraction_for, wants_memory_extraction
+from tests.streams import eventually as polled
+from tests.streams import stream_messages_at
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -235,35 +236,9 @@ async def stack(clean_nats: str, database_url: str) -> AsyncIterator[Stack]:
             await responder.stop()
 
 
-async def stream_messages(nats_url: str, stream: str, subject: str) -> list[RawStreamMsg]:
-    """Return every message the stream holds on the subject, oldest first."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        found: list[RawStreamMsg] = []
-        if info.state.messages == 0:
-            return found
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            try:
-                msg = await js.get_msg(stream, seq)
-            except NotFoundError:
-                continue
-            if msg.subject == subject:
-                found.append(msg)
-        return found
-    finally:
-        await nc.close()
-
-
 async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
-    """Poll ``probe`` until ``done`` holds or the deadline passes; return the last value."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
+    """Poll ``probe`` until ``done`` holds or TIMEOUT passes; return the last value."""
+    return await polled(probe, done, TIMEOUT)
 
 
 async def settled(nats_url: str, durable: str) -> bool:
@@ -278,7 +253,7 @@ async def settled(nats_url: str, durable: str) -> bool:
 
 async def stored_events(stack: Stack, count: int) -> list[RawStreamMsg]:
     return await eventually(
-        lambda: stream_messages(
+        lambda: stream_messages_at(
             stack.nats_url, subjects.MEMORY_EVENTS_STREAM.name, subjects.MEMORY_STORED
         ),
         lambda found: len(found) >= count,
@@ -365,7 +340,7 @@ async def test_a_failing_model_ends_in_a_dead_letter_and_recall_still_answers(
     await stack.archive(sid)
 
     letters = await eventually(
-        lambda: stream_messages(
+        lambda: stream_messages_at(
             stack.nats_url, subjects.DEADLETTER_STREAM.name, subjects.deadletter("memory")
         ),
         lambda found: len(found) >= 1,
