@@ -15,7 +15,8 @@ from contracts.history import (
     SessionReply,
 )
 from services.runtime.bus import RequestMeta
-from tests.integration.test_history_bus import TIMEOUT, Running, _stream_messages, running
+from tests.integration.test_history_bus import TIMEOUT, Running, running
+from tests.streams import stream_messages_at
 
 pytestmark = pytest.mark.integration
 __all__ = ["running"]  # the fixture, imported so pytest finds it
@@ -69,7 +70,7 @@ async def test_malformed_search_is_answered_invalid_and_dead_lettered(running: R
     page = MessagePage.model_validate_json(answer.body)
     assert page.error is not None and page.error.code == "invalid"
     assert "query" in page.error.message
-    letters = await _stream_messages(
+    letters = await stream_messages_at(
         running.nats_url, subjects.DEADLETTER_STREAM.name, subjects.deadletter("history")
     )
     (letter,) = [DeadLetter.model_validate_json(m.data or b"") for m in letters]
