@@ -47,6 +47,12 @@ JOBS_BUCKET = "chat_jobs"
 # session (key ``session.<id>``: per-session order) and per user (key
 # ``user.<id>``: the per-user limit). Values are ``contracts.chat.JobLane``.
 LANES_BUCKET = "chat_lanes"
+# JetStream key-value bucket of the messages each user posted in the last
+# RATE_WINDOW_SECONDS (key ``user.<id>``: a sliding window shared by every
+# gateway replica); entries expire RATE_BUCKET_TTL_SECONDS after their last write.
+RATE_BUCKET = "chat_rate"
+RATE_WINDOW_SECONDS = 60.0
+RATE_BUCKET_TTL_SECONDS = 2 * RATE_WINDOW_SECONDS
 
 # NATS headers carried by every request and event.
 HEADER_REQUEST_ID = "Chatbus-Request-Id"
@@ -67,6 +73,11 @@ def session_lane(session_id: object) -> str:
 def user_lane(user_id: str) -> str:
     """Return the lanes-bucket key of a user's unfinished jobs (user ids are hashed: any text)."""
     return f"user.{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
+
+
+def user_rate(user_id: str) -> str:
+    """Return the rate-bucket key of a user's recent messages (hashed like the user's lane)."""
+    return user_lane(user_id)
 
 
 def deadletter(service: str) -> str:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from contracts.base import Contract, Reply
 from contracts.chat import JobLane, JobState
 from services.gateway.feed import JobFeed, follow_over_nats
+from services.gateway.ratelimit import RateDecision, RateError, SlidingWindow
 from services.runtime.bus import (
     BusClient,
     BusError,
@@ -113,17 +114,28 @@ class GatewayBus(Protocol):
         """Drop the lane's entries whose job has ended or is gone."""
         ...
 
+    async def take_rate(self, key: str, limit: int, window: float) -> RateDecision:
+        """Take a slot of the sliding window under ``key``, or tell when one frees."""
+        ...
+
 
 class NatsBus:
     """:class:`GatewayBus` over a connected broker and the job-state bucket."""
 
     def __init__(
-        self, broker: NatsBroker, kv: KeyValue, lanes_kv: KeyValue, timeout: float
+        self,
+        broker: NatsBroker,
+        kv: KeyValue,
+        lanes_kv: KeyValue,
+        timeout: float,
+        *,
+        rate_kv: KeyValue | None = None,
     ) -> None:
         self.client = BusClient(broker, timeout)
         self.connection: Client = broker.connection
         self.kv = kv
         self.lanes = Lanes(lanes_kv)
+        self.rates = SlidingWindow(rate_kv) if rate_kv is not None else None
         self.timeout = timeout
 
     @property
@@ -213,6 +225,15 @@ class NatsBus:
     ) -> JobLane:
         """Drop the lane's entries whose job has ended or is gone."""
         return await self._lane(self.lanes.prune(key, is_finished))
+
+    async def take_rate(self, key: str, limit: int, window: float) -> RateDecision:
+        """Take a slot of the sliding window under ``key``; any failure of the store is a 503."""
+        if self.rates is None:
+            raise BusUnavailable("no rate bucket")
+        try:
+            return await self._kv(self.rates.take(key, limit, window))
+        except (RateError, BusError) as exc:
+            raise BusUnavailable(f"rate limits unavailable: {exc}") from exc
 
     async def watch_job(self, job_id: UUID, timeout: float) -> JobState | None:
         """Wait until the job ends or ``timeout`` passes; return its latest state seen."""

@@ -5,15 +5,19 @@ from typing import Annotated, cast
 import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
 
-from services.gateway.auth import InvalidToken, User, verify_token
+from services.gateway.auth import InvalidToken, KeysUnavailable, TokenVerifier, User
 from services.gateway.bus import GatewayBus
 from services.gateway.config import Settings
 from services.gateway.errors import Unauthorized, request_id_of
 from services.gateway.service import Caller, GatewayService
 from services.runtime.bus import BusUnavailable
 
-bearer = HTTPBearer(auto_error=False, description="HS256 JWT; `sub` is the user id")
+bearer = HTTPBearer(
+    auto_error=False,
+    description="JWT, HS256 with the secret or RS256/ES256 with a JWKS key; `sub` is the user id",
+)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -62,23 +66,29 @@ async def get_service(bus: BusDep, settings: SettingsDep) -> GatewayService:
 ServiceDep = Annotated[GatewayService, Depends(get_service)]
 
 
+async def get_verifier(request: Request) -> TokenVerifier:
+    """Return the token verifier the app was built with (it caches the JWKS)."""
+    return cast(TokenVerifier, request.app.state.verifier)
+
+
 async def get_current_user(
-    settings: SettingsDep,
+    verifier: Annotated[TokenVerifier, Depends(get_verifier)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
-    """Return the user the bearer token names, or answer 401."""
+    """Return the user the bearer token names; 401, or 503 while its JWKS cannot be fetched."""
     if credentials is None:
         raise Unauthorized("missing bearer token")
     try:
-        return verify_token(
-            credentials.credentials,
-            settings.jwt_secret.get_secret_value(),
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-            leeway=settings.jwt_leeway,
-        )
+        return await verifier.verify(credentials.credentials)
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from exc
+    except KeysUnavailable as exc:
+        # Logged once per outage by the key cache, so not through a handler that logs each.
+        raise HTTPException(
+            503,
+            "the token's signing keys cannot be fetched now; retry later",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from exc
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -10,7 +10,7 @@ Errors raised by :class:`BusClient`::
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -92,6 +92,9 @@ class RequestContextMiddleware(BaseMiddleware):
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
         meta = RequestMeta.from_headers(getattr(msg, "headers", None))
+        # FastStream logs a handler's failure after this scope ends, with its log context.
+        if isinstance(log_context := self.context.get_local("log_context"), dict):
+            log_context["request_id"] = meta.request_id
         with structlog.contextvars.bound_contextvars(
             request_id=meta.request_id,
             user_id=meta.user_id,
@@ -100,8 +103,13 @@ class RequestContextMiddleware(BaseMiddleware):
             return await call_next(msg)
 
 
-def make_broker(settings: ServiceSettings, service: str, **kwargs: Any) -> NatsBroker:
-    """Build a broker that reconnects forever and logs through the service's logger."""
+def make_broker(
+    settings: ServiceSettings, service: str, middlewares: Sequence[Any] = (), **kwargs: Any
+) -> NatsBroker:
+    """Build a broker that reconnects forever and logs through the service's logger.
+
+    ``middlewares`` (metrics, tracing) wrap the request-context one.
+    """
     import logging
 
     return NatsBroker(
@@ -110,7 +118,7 @@ def make_broker(settings: ServiceSettings, service: str, **kwargs: Any) -> NatsB
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         connect_timeout=int(max(1, settings.bus_connect_timeout)),
-        middlewares=(RequestContextMiddleware,),
+        middlewares=(*middlewares, RequestContextMiddleware),
         logger=logging.getLogger(f"chatbus.{service}.faststream"),
         **kwargs,
     )
@@ -222,4 +230,15 @@ async def lanes_bucket(broker: NatsBroker) -> KeyValue:
     """Return the bucket of per-session and per-user unfinished-job lanes."""
     return await broker.key_value(
         subjects.LANES_BUCKET, history=1, ttl=7 * 86400, storage=StorageType.FILE
+    )
+
+
+async def rate_bucket(broker: NatsBroker) -> KeyValue:
+    """Return the bucket of per-user message rate windows, creating it on first use."""
+    # On file like the others: a memory bucket would be gone after a NATS restart.
+    return await broker.key_value(
+        subjects.RATE_BUCKET,
+        history=1,
+        ttl=subjects.RATE_BUCKET_TTL_SECONDS,
+        storage=StorageType.FILE,
     )

@@ -4,6 +4,7 @@ Holds no tests of its own; the gateway's unit and integration tests import it.
 """
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -48,6 +49,7 @@ from services.gateway.app import create_app
 from services.gateway.auth import mint_token
 from services.gateway.config import Settings
 from services.gateway.feed import JobFeed
+from services.gateway.ratelimit import RateDecision, SlidingWindow
 from services.runtime.bus import BusUnavailable, RequestMeta
 from services.runtime.lanes import Lanes
 
@@ -112,7 +114,8 @@ class FakeHistory:
             key=lambda s: s.created_at,
             reverse=True,
         )
-        start = int(req.cursor or 0)
+        if (start := offset(req.cursor)) is None:
+            return SessionPage(error=BusError(code="invalid", message="malformed cursor"))
         end = start + req.limit
         return SessionPage(
             items=tuple(rows[start:end]), next_cursor=str(end) if end < len(rows) else None
@@ -125,7 +128,7 @@ class FakeHistory:
             return MessageReply(error=BusError(code="not_found", message="no such session"))
         for old in self.messages[req.session_id]:
             if old.job_id == req.job_id and old.role == req.role:
-                return MessageReply(message=old, created=False)
+                return MessageReply(message=old, created=False, persona=session.persona)
         if req.role == "user" and session.status != "active":
             return MessageReply(error=BusError(code="conflict", message="session archived"))
         record = MessageRecord(
@@ -141,7 +144,7 @@ class FakeHistory:
         self.sessions[session.id] = session.model_copy(
             update={"message_count": session.message_count + 1}
         )
-        return MessageReply(message=record, created=True)
+        return MessageReply(message=record, created=True, persona=session.persona)
 
     def list_messages(self, req: ListMessages) -> MessagePage:
         """Return a page of a session's messages, newest first."""
@@ -149,7 +152,8 @@ class FakeHistory:
         if session is None or session.user_id != req.user_id:
             return MessagePage(error=BusError(code="not_found", message="no such session"))
         rows = list(reversed(self.messages[req.session_id]))
-        start = int(req.cursor or 0)
+        if (start := offset(req.cursor)) is None:
+            return MessagePage(error=BusError(code="invalid", message="malformed cursor"))
         end = start + req.limit
         return MessagePage(
             items=tuple(rows[start:end]), next_cursor=str(end) if end < len(rows) else None
@@ -273,7 +277,7 @@ def offset(cursor: str | None) -> int | None:
     """Read a fake cursor (an offset); None when it is malformed."""
     if cursor is None:
         return 0
-    return int(cursor) if cursor.isdigit() else None
+    return int(cursor) if cursor.isascii() and cursor.isdigit() else None  # "²" is a digit
 
 
 @dataclass
@@ -339,6 +343,8 @@ class FakeBus:
     published: list[Published] = field(default_factory=list)
     calls: list[tuple[str, RequestMeta]] = field(default_factory=list)
     lanes_kv: FakeKV = field(default_factory=FakeKV)
+    rates_kv: FakeKV = field(default_factory=FakeKV)
+    rate_clock: Callable[[], float] = time.time
     feeds: dict[UUID, list[JobFeed]] = field(default_factory=dict)
     feeds_opened: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -479,6 +485,12 @@ class FakeBus:
         """Prune a lane in the in-memory bucket."""
         self._fail_if_told("lanes")
         return await self.lanes.prune(key, is_finished)
+
+    async def take_rate(self, key: str, limit: int, window: float) -> RateDecision:
+        """Take a slot of a sliding window in the in-memory bucket."""
+        self._fail_if_told("rates")
+        window_kv = SlidingWindow(cast(KeyValue, self.rates_kv), self.rate_clock)
+        return await window_kv.take(key, limit, window)
 
     def lane(self, key: str) -> tuple[UUID, ...]:
         """Return the jobs of a lane."""

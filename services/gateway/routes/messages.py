@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 from contracts.history import MAX_PAGE
 from services.gateway.deps import CallerDep, ServiceDep, SettingsDep
 from services.gateway.jobs import Multitask
+from services.gateway.ratelimit import limit_messages
 from services.gateway.schemas import JobRead, MessageCreate, MessageRead, Page, problems
 
 router = APIRouter(prefix="/api/sessions/{session_id}/messages", tags=["messages"])
@@ -20,7 +21,7 @@ MAX_WAIT = 60
     response_model=JobRead,
     responses={
         200: {"model": JobRead, "description": "the job ended within `wait` seconds"},
-        **problems(401, 404, 409, 413, 422, 429, 500, 503, 504),
+        **problems(400, 401, 404, 409, 413, 422, 429, 500, 503, 504),
     },
 )
 async def post_message(
@@ -48,6 +49,7 @@ async def post_message(
     ] = None,
 ) -> JobRead:
     """Queue a chat job answering the message; 202 at once, or 200 if it ended within ``wait``."""
+    await limit_messages(service.bus, caller.user_id, settings.max_messages_per_minute)
     submission = await service.submit_message(
         caller, session_id, body.content, idempotency_key, multitask
     )
