@@ -21,6 +21,9 @@ class Settings(ServiceSettings):
     llm_model: str = "gpt-4o-mini"
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0)
+    # Ask for token usage in the last streamed chunk (`stream_options.include_usage`); turn
+    # off for a compatible server that refuses the option.
+    llm_stream_usage: bool = True
     agent_concurrency: int = Field(default=200, ge=1, description="jobs in flight per replica")
     agent_ack_wait: float = Field(default=30.0, gt=0)
     agent_max_attempts: int = Field(default=3, ge=1)
@@ -30,6 +33,9 @@ class Settings(ServiceSettings):
     )
     agent_memory_limit: int = Field(default=20, ge=0, le=200, description="memories in the prompt")
     agent_tool_rounds: int = Field(default=4, ge=0, description="tool rounds before a job fails")
+    agent_delta_interval: float = Field(
+        default=0.05, ge=0, le=5, description="seconds of reply text gathered into one delta"
+    )
     agent_system_prompt: str = DEFAULT_SYSTEM_PROMPT
     agent_retry_delay: float = Field(default=2.0, ge=0, description="nak delay before a retry")
     agent_fetch_batch: int = Field(default=50, ge=1, description="most messages per pull request")

@@ -9,7 +9,8 @@ period, then hand the rest back to the queue for another replica.
 """
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import nats.errors
@@ -24,10 +25,12 @@ from services.agent.errors import Settle
 from services.agent.ports import Verdict
 from services.agent.service import JobRunner
 from services.runtime.bus import RequestMeta
+from services.runtime.logging import failures_logged, spawn
 
 log = structlog.get_logger("chatbus.agent")
 HAND_BACK_TIMEOUT = 10.0  # for cancelled jobs to write themselves back as queued
 ERROR_PAUSE = 1.0
+CRASHED = "job delivery crashed; redelivered after its ack deadline"
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,14 @@ async def settle(msg: Msg, verdict: Verdict) -> None:
 class JobConsumer:
     """Fetch chat jobs while workers are free and run each in its own task."""
 
-    def __init__(self, broker: NatsBroker, runner: JobRunner, settings: Settings) -> None:
+    def __init__(
+        self,
+        broker: NatsBroker,
+        runner: JobRunner,
+        settings: Settings,
+        observe: Callable[[Msg], AbstractContextManager[None]] = lambda _: nullcontext(),
+    ) -> None:
+        self.observe = observe  # wraps each delivery (metrics, span)
         self.broker = broker
         self.runner = runner
         self.settings = settings
@@ -90,7 +100,7 @@ class JobConsumer:
         self._sub = await js.pull_subscribe_bind(
             durable=subjects.AGENT_DURABLE, stream=subjects.CHAT_JOBS_STREAM.name
         )
-        self._loop = asyncio.create_task(self._fetch_forever(self._sub))
+        self._loop = spawn(self._fetch_forever(self._sub), "agent-job-fetch")
 
     async def stop(self) -> None:
         """Stop fetching, give running jobs the grace period, then hand the rest back."""
@@ -150,7 +160,7 @@ class JobConsumer:
         meta = RequestMeta.from_headers(msg.headers)
         with structlog.contextvars.bound_contextvars(
             request_id=meta.request_id, user_id=meta.user_id, subject=msg.subject
-        ):
+        ), self.observe(msg), failures_logged(CRASHED):
             verdict = await self.runner.handle(NatsDelivery(msg))
             await self._settle(msg, verdict)
 

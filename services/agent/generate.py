@@ -1,6 +1,8 @@
 """The model calls of a job: load the context, run the tool loop, keep the delivery alive."""
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
@@ -98,23 +100,14 @@ class Generator:
         self, request: RequestChat, prompt: list[ChatMessage], meta: RequestMeta,
         control: JobControl,
     ) -> str:
-        seq = 0
-
-        async def publish(piece: str) -> None:
-            nonlocal seq
-            delta = ChatDelta(job_id=request.job_id, seq=seq, text=piece)
-            seq += 1
-            try:
-                await self.events.delta(delta, meta)
-            except EventError as exc:
-                log.debug("delta lost", error=str(exc))
-
+        deltas = DeltaBuffer(self.events, request, meta, self.settings.agent_delta_interval)
         ctx = None
         if self.lookups is not None:
             ctx = ToolContext(request.user_id, request.persona, meta, self.lookups)
         result = await run_tool_loop(
-            self.llm, prompt, self.tools, ctx, self.settings.agent_tool_rounds, publish
+            self.llm, prompt, self.tools, ctx, self.settings.agent_tool_rounds, deltas.add
         )
+        await deltas.flush()
         if not result.text.strip():
             raise LLMError("the model returned an empty reply")
         control.tools = result.tools
@@ -144,3 +137,43 @@ class Generator:
                 log.info("cancel found at heartbeat")
                 control.cancel()
                 return
+
+
+class DeltaBuffer:
+    """Publish a reply's text as deltas, at most one per ``interval`` while it streams.
+
+    A model can send a chunk per token, and a delta per chunk costs a publish each: the
+    text gathered since the last delta goes out once ``interval`` has passed, and the
+    rest when the stream ends (:meth:`flush`). Deltas are best effort: the reply itself
+    is in the final job state.
+    """
+
+    def __init__(
+        self, events: Events, request: RequestChat, meta: RequestMeta, interval: float
+    ) -> None:
+        self.events = events
+        self.job_id = request.job_id
+        self.meta = meta
+        self.interval = interval
+        self.seq = 0
+        self.pending: list[str] = []
+        self.sent_at = -math.inf
+
+    async def add(self, piece: str) -> None:
+        """Take the next piece of text; publish what is gathered if the interval passed."""
+        self.pending.append(piece)
+        if time.monotonic() - self.sent_at >= self.interval:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Publish the text gathered so far, if any."""
+        if not self.pending:
+            return
+        delta = ChatDelta(job_id=self.job_id, seq=self.seq, text="".join(self.pending))
+        self.pending.clear()
+        self.seq += 1
+        self.sent_at = time.monotonic()
+        try:
+            await self.events.delta(delta, self.meta)
+        except EventError as exc:
+            log.debug("delta lost", error=str(exc))

@@ -2,9 +2,9 @@
 
 import itertools
 import math
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict
 
 import httpx2
 import openai
@@ -40,7 +40,8 @@ class ToolCallDelta:
 class OpenAIChat:
     """Stream replies from an OpenAI-compatible server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_usage: Callable[[Any], None] | None = None) -> None:
+        self.on_usage = on_usage  # told the token usage the server reports, when asked for
         self.model = settings.llm_model
         # The SDK's default pool stops at 1,000 connections, and its HTTP pool scans every
         # connection it holds on each request and each response close (quadratic under
@@ -69,24 +70,31 @@ class OpenAIChat:
         self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] | None = None
     ) -> AsyncGenerator[str | ToolCallDelta, None]:
         """Yield the reply's text pieces, and tool-call fragments when ``tools`` are offered."""
-        extra: dict[str, Any] = {"tools": list(tools)} if tools else {}
+        body: dict[str, Any] = {"model": self.model, "messages": list(messages), "stream": True}
+        if tools:
+            body["tools"] = list(tools)
+        if self.on_usage is not None:
+            body["stream_options"] = {"include_usage": True}
         try:
-            stream = await next(self._turn).chat.completions.create(
-                model=self.model, messages=cast(Any, list(messages)), stream=True, **extra
+            # The SDK's own client (auth, retries, timeouts, SSE, errors) on its raw ``post``:
+            # ``chat.completions.create`` walks every parameter through its type transform and
+            # builds a pydantic model per chunk, ~5 ms of CPU per call that a replica holding
+            # thousands of calls cannot spare (bench/README.md). Our parameters are plain JSON
+            # already, and chunks come back as the JSON the server sent.
+            stream = await next(self._turn).post(
+                "/chat/completions", body=body, cast_to=object, stream=True,
+                stream_cls=openai.AsyncStream[object],
             )
             async with stream:
                 async for chunk in stream:
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            yield choice.delta.content
-                        for call in choice.delta.tool_calls or ():
-                            function = call.function
-                            yield ToolCallDelta(
-                                index=call.index,
-                                id=call.id,
-                                name=function.name if function else None,
-                                arguments=(function.arguments or "") if function else "",
-                            )
+                    try:
+                        pieces = list(_pieces(chunk))
+                    except (AttributeError, TypeError) as exc:
+                        raise LLMError(f"model sent a malformed chunk: {str(chunk)[:200]}") from exc
+                    if not pieces and self.on_usage is not None and isinstance(chunk, dict):
+                        self.on_usage(chunk.get("usage"))  # the last chunk carries it
+                    for piece in pieces:
+                        yield piece
         except openai.APIStatusError as exc:
             retryable = exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUSES
             raise LLMError(
@@ -103,3 +111,21 @@ class OpenAIChat:
         """Close the SDK's connections."""
         for client in self.clients:
             await client.close()
+
+
+def _pieces(chunk: object) -> Iterator[str | ToolCallDelta]:
+    """Return the text and tool-call fragments of one streamed chunk (a JSON object)."""
+    if not isinstance(chunk, dict):
+        raise TypeError("a chunk is a JSON object")
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if content := delta.get("content"):
+            yield content
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") or {}
+            yield ToolCallDelta(
+                index=call.get("index", 0),
+                id=call.get("id"),
+                name=function.get("name"),
+                arguments=function.get("arguments") or "",
+            )

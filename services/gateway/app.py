@@ -6,21 +6,32 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Histogram
 
 from contracts.subjects import CHAT_JOBS_STREAM
+from services.gateway.auth import TokenVerifier
 from services.gateway.bus import GatewayBus, NatsBus
 from services.gateway.config import Settings
 from services.gateway.errors import PROBLEM_JSON, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware
-from services.gateway.routes import history, jobs, memories, messages, ops, sessions
-from services.runtime.bus import ensure_streams, jobs_bucket, lanes_bucket, make_broker
+from services.gateway.routes import docs, history, jobs, memories, messages, ops, sessions
+from services.runtime.bus import (
+    ensure_streams,
+    jobs_bucket,
+    lanes_bucket,
+    make_broker,
+    rate_bucket,
+)
+from services.runtime.telemetry import Observability, Telemetry
 
 log = structlog.get_logger("chatbus.gateway")
 
 
-def create_app(settings: Settings, bus: GatewayBus | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, bus: GatewayBus | None = None, telemetry: Telemetry | None = None
+) -> FastAPI:
     """Build the gateway; without ``bus``, its lifespan connects to NATS."""
+    observability = Observability(settings, "gateway", telemetry=telemetry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -28,13 +39,16 @@ def create_app(settings: Settings, bus: GatewayBus | None = None) -> FastAPI:
         if bus is not None:
             yield
             return
-        broker = make_broker(settings, "gateway")
+        broker = make_broker(settings, "gateway", observability.broker_middlewares())
         await broker.start()
         try:
             await ensure_streams(broker, (CHAT_JOBS_STREAM,))
             kv = await jobs_bucket(broker)
             lanes_kv = await lanes_bucket(broker)
-            app.state.bus = NatsBus(broker, kv, lanes_kv, settings.bus_request_timeout)
+            rate_kv = await rate_bucket(broker)
+            app.state.bus = NatsBus(
+                broker, kv, lanes_kv, settings.bus_request_timeout, rate_kv=rate_kv
+            )
             log.info("gateway connected", nats_url=settings.nats_url)
             yield
         finally:
@@ -45,9 +59,9 @@ def create_app(settings: Settings, bus: GatewayBus | None = None) -> FastAPI:
         title="chatbus gateway",
         version="0.1.0",
         description="REST API of chatbus. Errors are application/problem+json (RFC 9457).",
-        lifespan=lifespan,
+        lifespan=observability.lifespan(lifespan),
     )
-    registry = CollectorRegistry()
+    registry = observability.metrics.registry
     latency = Histogram(
         "chatbus_gateway_http_request_duration_seconds",
         "Time to answer an HTTP request, by route template and status.",
@@ -56,12 +70,14 @@ def create_app(settings: Settings, bus: GatewayBus | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.bus = bus
+    app.state.verifier = TokenVerifier.from_settings(settings)
     app.state.metrics_registry = registry
     install_error_handlers(app)
+    observability.telemetry.instrument(app)
     app.add_middleware(
         RequestContextMiddleware, latency=latency, max_body_bytes=settings.max_body_bytes
     )
-    for module in (sessions, messages, jobs, history, memories, ops):
+    for module in (sessions, messages, jobs, history, memories, ops, docs):
         app.include_router(module.router)
     _document_problems_as_problem_json(app)
     return app
@@ -87,7 +103,9 @@ def _document_problems_as_problem_json(app: FastAPI) -> None:
 
 
 def _warn_about_secret(settings: Settings) -> None:
-    if settings.uses_default_secret:
+    if settings.hs256_secret is None:
+        log.info("HS256 tokens are refused: only keys of JWT_JWKS_URL verify tokens")
+    elif settings.uses_default_secret:
         log.warning("JWT_SECRET is the published development default: set your own")
-    elif len(settings.jwt_secret.get_secret_value().encode()) < 32:
+    elif len(settings.hs256_secret.encode()) < 32:
         log.warning("JWT_SECRET is shorter than 32 bytes: HS256 wants a longer one")

@@ -1,4 +1,8 @@
-"""The outermost request layer: request id, log context, body limit, metrics, last-resort 500."""
+"""The outermost request layer: request id, log context, body limit, metrics, access log, 500.
+
+Every request ends in one ``request handled`` log line carrying its request id
+(debug level for the probes and the metrics scrape, info for the rest).
+"""
 
 import re
 import time
@@ -13,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.errors import problem, unhandled_error
 
 REQUEST_ID_HEADER = "X-Request-ID"
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+log = structlog.get_logger("chatbus.gateway.access")
 # Client ids are echoed into headers and logs, so only tame ones are kept.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -78,13 +84,20 @@ class RequestContextMiddleware:
                 if not response_started:
                     await response(scope, receive, send_with_id)
             finally:
-                # The auth dependency binds the user id in this same context.
-                structlog.contextvars.unbind_contextvars("user_id")
                 route = scope.get("route")
                 template = getattr(route, "path", None) or "<unmatched>"
-                self.latency.labels(scope["method"], template, str(status)).observe(
-                    time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                self.latency.labels(scope["method"], template, str(status)).observe(seconds)
+                access = log.debug if template in QUIET_ROUTES else log.info
+                access(
+                    "request handled",
+                    method=scope["method"],
+                    route=template,
+                    status=status,
+                    ms=round(seconds * 1000, 1),
                 )
+                # The auth dependency binds the user id in this same context.
+                structlog.contextvars.unbind_contextvars("user_id")
 
 
 def _declared_length(headers: Headers) -> int:

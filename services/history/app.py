@@ -1,12 +1,11 @@
 """Wiring of the history service."""
 
-import asyncio
 import logging
 from datetime import timedelta
 from typing import Any
 
 from faststream import FastStream
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from contracts import subjects
 from services.history.cache import Cache, CacheMetrics
@@ -19,6 +18,8 @@ from services.history.store import Store
 from services.history.subscribers import build_router
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
+from services.runtime.metrics import ServiceMetrics
+from services.runtime.telemetry import Observability, Telemetry
 
 
 def make_cache(settings: Settings, registry: CollectorRegistry, logger: Any = None) -> Cache:
@@ -54,10 +55,17 @@ def make_relay(settings: Settings, store: Store, publisher: Publisher) -> Relay:
     )
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastStream:
+def create_app(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastStream:
     """Build the history service: database, cache, outbox relay, broker, subscribers."""
-    registry = registry or CollectorRegistry()
-    broker = make_broker(settings, "history")
+    observability = Observability(
+        settings, "history", metrics=ServiceMetrics("history", registry), telemetry=telemetry
+    )
+    registry = observability.metrics.registry
+    broker = make_broker(settings, "history", observability.broker_middlewares())
     bus = BusClient(broker, settings.bus_request_timeout)
     engine = make_engine(
         settings.database_url,
@@ -73,7 +81,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     broker.include_router(router)
     app = FastStream(broker, logger=logging.getLogger("chatbus.history.app"))
-    metrics: list[Any] = []
 
     @app.on_startup
     async def prepare() -> None:
@@ -89,18 +96,16 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         # Events left pending by a crash are published on the first tick.
         relay.start()
         relay.wake()
-        if settings.metrics_port is not None:
-            metrics.append(start_http_server(settings.metrics_port, registry=registry)[0])
+        observability.start()
 
     @app.on_shutdown
     async def stop_relay() -> None:
         await relay.stop()
-        for server in metrics:
-            await asyncio.to_thread(server.shutdown)
 
     @app.after_shutdown
     async def close() -> None:
         await cache.aclose()
         await engine.dispose()
+        await observability.stop()
 
     return app

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from services.history.cache_backends import CacheBackend, VersionKey
+from services.runtime.logging import spawn
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -203,7 +204,7 @@ class Cache:
             self.log.warning("cache unavailable; reading from the database", error=repr(exc))
         self.state = State.DOWN
         if self._probe is None or self._probe.done():
-            self._probe = asyncio.create_task(self._recover())
+            self._probe = spawn(self._recover(), "history-cache-probe")
 
     async def _recover(self) -> None:
         while True:

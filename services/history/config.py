@@ -31,6 +31,3 @@ class Settings(ServiceSettings):
     # The relay publishes pending outbox rows after each commit and at least this often.
     outbox_interval: float = Field(default=2.0, gt=0, le=300)
     outbox_retention_seconds: int = Field(default=86_400, ge=60)
-
-    # Serve Prometheus metrics on this port (none when unset).
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)

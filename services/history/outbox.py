@@ -25,6 +25,7 @@ from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.models import outbox
 from services.history.store import Store
 from services.runtime.bus import RequestMeta
+from services.runtime.logging import spawn
 
 log = structlog.get_logger("chatbus.history.outbox")
 
@@ -95,7 +96,7 @@ class Relay:
     def start(self) -> None:
         """Run the relay in the background until :meth:`stop`."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="history-outbox-relay")
+            self._task = spawn(self._run(), "history-outbox-relay")
 
     async def stop(self) -> None:
         """Stop the background relay."""

@@ -147,8 +147,9 @@ class Stack:
             nats_url = await self.start_nats()
             llm_url = await self.start_simulated_llm() if self.settings.simulated_llm else None
             env = self.service_env(nats_url, llm_url)
-            for name in SERVICES:
-                await self.supervisor.start(name, service_argv(f"services.{name}"), env)
+            for index, name in enumerate(SERVICES):
+                own = {**env, **metrics_port_of(env, index, name)}
+                await self.supervisor.start(name, service_argv(f"services.{name}"), own)
             ready = asyncio.create_task(self.wait_ready())
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -177,3 +178,12 @@ class Stack:
             echo("chatbus: stopped")
         return code
 
+
+def metrics_port_of(env: dict[str, str], index: int, name: str) -> dict[str, str]:
+    """Give each service its own metrics port: ``METRICS_PORT`` + its index in SERVICES."""
+    base = env.get("METRICS_PORT")
+    if not base:
+        return {}
+    port = int(base) + index
+    echo(f"chatbus: {name} serves its metrics on port {port}")
+    return {"METRICS_PORT": str(port)}

@@ -1,12 +1,14 @@
 """Wiring of the memory service."""
 
 import logging
+from collections.abc import Sequence
 
 import structlog
 from faststream import FastStream
 from faststream.nats import NatsBroker
 
 from contracts import subjects
+from contracts.history import MessageRecord
 from services.memory.bus import BusEvents, BusHistory
 from services.memory.config import Settings
 from services.memory.db import make_engine, migrate
@@ -16,6 +18,8 @@ from services.memory.store import Store
 from services.memory.subscribers import build_router, consumer_config
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
+from services.runtime.metrics import LLMMetrics
+from services.runtime.telemetry import Observability, Telemetry
 
 log = structlog.get_logger("chatbus.memory")
 STREAMS = (
@@ -39,20 +43,35 @@ async def ensure_consumers(broker: NatsBroker, settings: Settings) -> None:
         )
 
 
-def create_app(settings: Settings) -> FastStream:
+class ObservedExtractor:
+    """The model client, timed."""
+
+    def __init__(self, inner: OpenAIExtractor, metrics: LLMMetrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def extract(self, messages: Sequence[MessageRecord]) -> list[str]:
+        """Return the memories the model finds in the conversation."""
+        with self.metrics.timed():
+            return await self.inner.extract(messages)
+
+
+def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastStream:
     """Build the memory service: database, model client, broker, subscribers."""
-    broker = make_broker(settings, "memory")
+    observability = Observability(settings, "memory", telemetry=telemetry)
+    llm_metrics = observability.metrics.llm(settings.llm_model)
+    broker = make_broker(settings, "memory", observability.broker_middlewares())
     bus = BusClient(broker, settings.bus_request_timeout)
     engine = make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
-    extractor = OpenAIExtractor(settings)
+    extractor = OpenAIExtractor(settings, on_usage=llm_metrics.record_usage)
     service = MemoryService(
         Store(engine),
         BusHistory(bus, settings.bus_request_timeout),
-        extractor,
+        ObservedExtractor(extractor, llm_metrics),
         BusEvents(bus, settings.event_publish_timeout),
         instance=settings.instance,
         max_per_session=settings.memory_max_per_session,
@@ -73,6 +92,7 @@ def create_app(settings: Settings) -> FastStream:
     async def announce() -> None:
         # Subscriptions reach the server before anyone is told this replica answers.
         await broker.connection.flush()
+        observability.start()
         log.info(
             "memory started",
             model=settings.llm_model,
@@ -84,5 +104,6 @@ def create_app(settings: Settings) -> FastStream:
     async def close() -> None:
         await extractor.close()
         await engine.dispose()
+        await observability.stop()
 
     return app

@@ -1,6 +1,6 @@
 """The model behind memory generation: one structured-output chat completion per session."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import openai
@@ -63,7 +63,10 @@ def parse(content: str | None) -> list[str]:
 class OpenAIExtractor:
     """Ask an OpenAI-compatible server for the memories of a conversation."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, on_usage: Callable[[Any], None] | None = None
+    ) -> None:
+        self.on_usage = on_usage  # told the token usage the server reports
         self.model = settings.llm_model
         self.limit = settings.memory_max_per_session
         self.client = openai.AsyncOpenAI(
@@ -92,6 +95,8 @@ class OpenAIExtractor:
             raise ModelFailed(f"model unreachable: {exc}") from exc
         except openai.OpenAIError as exc:
             raise ModelFailed(f"model call failed: {exc}") from exc
+        if self.on_usage is not None:
+            self.on_usage(completion.usage)
         if not completion.choices:
             raise InvalidModelOutput("model answered no choices")
         message = completion.choices[0].message

@@ -1,10 +1,10 @@
-"""Settings every service reads: where the bus is and how to log."""
+"""Settings every service reads: where the bus is, how to log, metrics and tracing."""
 
 import os
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +14,7 @@ def default_instance() -> str:
 
 
 class ServiceSettings(BaseSettings):
-    """Bus and logging settings; each service's ``Settings`` extends this."""
+    """Bus, logging and observability settings; each service's ``Settings`` extends this."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
@@ -24,3 +24,13 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     instance: str = Field(default_factory=default_instance)
+    # Serve Prometheus metrics on this port (none when unset).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # OTLP/HTTP collector base URL (``.../v1/traces`` is appended); tracing is off when unset.
+    otel_exporter_otlp_endpoint: str | None = None
+
+    @field_validator("otel_exporter_otlp_endpoint", mode="before")
+    @classmethod
+    def _blank_endpoint_is_unset(cls, value: object) -> object:
+        # `OTEL_EXPORTER_OTLP_ENDPOINT=` in a compose file means "no tracing".
+        return None if isinstance(value, str) and not value.strip() else value

@@ -78,8 +78,10 @@ class Cluster:
         env: Mapping[str, str] | None = None,
         agent_env: Mapping[str, str] | None = None,
         gateway_env: Mapping[str, str] | None = None,
+        proc_env: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.proc_env = proc_env  # extra environment of each service process, by its name
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.secret = SECRET
@@ -141,7 +143,8 @@ class Cluster:
             )
 
     def _service(self, name: str, module: str, env: Mapping[str, str], port: int | None) -> Proc:
-        full = {**self.base_env, **env}
+        own = self.proc_env(name) if self.proc_env is not None else {}
+        full = {**self.base_env, **own, **env}
         return self._add(name, [sys.executable, "-m", module], full, port)
 
     def start(self, *, agents: int = 1, gateways: int = 1, ready_timeout: float = 60) -> None:
