@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.base import ErrorCode
 from contracts.chat import JobState, JobStatus
@@ -12,6 +12,7 @@ from contracts.history import PERSONA_PATTERN, MessageRecord, Role, SessionRecor
 from contracts.memory import MemoryRecord
 
 T = TypeVar("T")
+NOT_BLANK = r"\S"  # a search, not a full match: somewhere a character that is not whitespace
 
 
 class SessionCreate(BaseModel):
@@ -44,16 +45,15 @@ class SessionRead(BaseModel):
 class MessageCreate(BaseModel):
     """Body of ``POST /api/sessions/{id}/messages``; the byte limit is checked by the route."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Python's regex engine: its `\s` is what `str.isspace` calls whitespace, the same
+    # characters JSON Schema tools written in Python generate from the documented pattern.
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
-    content: str
-
-    @field_validator("content")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("content must not be empty or whitespace only")
-        return value
+    content: str = Field(
+        pattern=NOT_BLANK,
+        description="the message: at least one character that is not whitespace; "
+        "at most MAX_CONTENT_BYTES (default 32 KiB) of UTF-8, else 413",
+    )
 
 
 class MessageRead(BaseModel):
@@ -150,6 +150,7 @@ class Problem(BaseModel):
 
 
 _WHY = {
+    400: "the body could not be read (it is not UTF-8 text)",
     401: "missing, malformed, expired or wrongly signed token",
     404: "no such resource for this user",
     409: "the resource's state forbids the operation",

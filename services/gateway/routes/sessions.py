@@ -12,9 +12,10 @@ from services.gateway.schemas import Page, SessionCreate, SessionRead, problems
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 READ_ERRORS = problems(401, 422, 500, 503, 504)
 ONE_ERRORS = problems(401, 404, 422, 500, 503, 504)
+BODY_ERRORS = problems(400, 401, 422, 500, 503, 504)
 
 
-@router.post("", status_code=201, response_model=SessionRead, responses=READ_ERRORS)
+@router.post("", status_code=201, response_model=SessionRead, responses=BODY_ERRORS)
 async def create_session(
     caller: CallerDep, service: ServiceDep, body: SessionCreate
 ) -> SessionRead:

@@ -1,0 +1,196 @@
+"""Every channel of the bus: subject, message, reply, who sends, who receives, and how.
+
+The AsyncAPI document of the bus is generated from this table (see
+``services/runtime/asyncapi.py``); a test fails when a name of
+:mod:`contracts.subjects` is missing from it, or when a service subscribes to a
+subject the table does not list.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, RootModel
+
+from contracts import subjects
+from contracts.base import Ping, Pong, Reply
+from contracts.chat import (
+    CancelJob,
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
+    JobLane,
+    JobState,
+    RequestChat,
+)
+from contracts.deadletter import DeadLetter
+from contracts.history import (
+    AppendMessage,
+    ArchiveSession,
+    CreateSession,
+    DeleteReply,
+    DeleteSession,
+    GetSession,
+    ListFeed,
+    ListMessages,
+    ListSessions,
+    MessagePage,
+    MessageReply,
+    SearchMessages,
+    SessionPage,
+    SessionReply,
+)
+from contracts.memory import (
+    DeleteMemory,
+    MemoriesStored,
+    MemoryDeleted,
+    MemoryPage,
+    RecallMemories,
+)
+from contracts.sessions import SessionArchived, SessionDeleted
+from contracts.subjects import StreamSpec
+
+Service = Literal["gateway", "agent", "history", "memory"]
+KV_PREFIX = "$KV"  # a bucket's entries are messages on `$KV.<bucket>.<key>`
+
+
+class RateWindow(RootModel[tuple[float, ...]]):
+    """Times (Unix seconds) of a user's latest accepted messages, for the per-minute limit."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One subject (``{name}`` marks a token that varies) and what travels on it."""
+
+    subject: str
+    message: type[BaseModel]
+    summary: str
+    senders: tuple[Service, ...]
+    receivers: tuple[Service, ...] = ()
+    reply: type[Reply] | None = None
+    queue: str | None = None
+    stream: StreamSpec | None = None
+    durable: str | None = None
+    bucket: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def request(
+    subject: str,
+    message: type[BaseModel],
+    reply: type[Reply],
+    summary: str,
+    senders: tuple[Service, ...],
+    receiver: Service,
+    queue: str,
+) -> Channel:
+    """Describe a core-NATS request answered by one replica of a queue group."""
+    return Channel(subject, message, summary, senders, (receiver,), reply=reply, queue=queue)
+
+
+def entry(
+    bucket: str,
+    key: str,
+    message: type[BaseModel],
+    summary: str,
+    about_key: str,
+    users: tuple[Service, ...],
+) -> Channel:
+    """Describe the entries of a JetStream key-value bucket, read and written by ``users``."""
+    subject = f"{KV_PREFIX}.{bucket}.{{{key}}}"
+    parameters = {key: about_key}
+    return Channel(subject, message, summary, users, users, bucket=bucket, parameters=parameters)
+
+
+HISTORY, MEMORY, AGENT = subjects.HISTORY_QUEUE, subjects.MEMORY_QUEUE, subjects.AGENT_QUEUE
+JOB_ID = {"job_id": "the job's id (the chat request's `job_id`)"}
+
+CHANNELS: tuple[Channel, ...] = (
+    # Request-reply: answered by one replica of the service's queue group; a refused
+    # request is answered with the reply's `error`, never left without an answer.
+    request(subjects.HISTORY_SESSION_CREATE, CreateSession, SessionReply,
+            "Create a session; the user's active session of the persona is archived.",
+            ("gateway",), "history", HISTORY),
+    request(subjects.HISTORY_SESSION_GET, GetSession, SessionReply,
+            "Fetch one session of a user.", ("gateway",), "history", HISTORY),
+    request(subjects.HISTORY_SESSION_LIST, ListSessions, SessionPage,
+            "List a user's sessions, newest first.", ("gateway",), "history", HISTORY),
+    request(subjects.HISTORY_SESSION_ARCHIVE, ArchiveSession, SessionReply,
+            "Archive a session (announced on session.archived).", ("gateway",), "history", HISTORY),
+    request(subjects.HISTORY_SESSION_DELETE, DeleteSession, DeleteReply,
+            "Delete a session with its messages (announced on session.deleted).",
+            ("gateway",), "history", HISTORY),
+    request(subjects.HISTORY_MESSAGE_APPEND, AppendMessage, MessageReply,
+            "Store a message of a job, idempotent on (job, role).",
+            ("gateway", "agent"), "history", HISTORY),
+    request(subjects.HISTORY_MESSAGE_LIST, ListMessages, MessagePage,
+            "List a session's messages, newest first.",
+            ("gateway", "agent", "memory"), "history", HISTORY),
+    request(subjects.HISTORY_FEED, ListFeed, MessagePage,
+            "List a user's messages across sessions, newest first.", ("gateway",), "history",
+            HISTORY),
+    request(subjects.HISTORY_SEARCH, SearchMessages, MessagePage,
+            "Find a user's messages containing a text (the search_history tool).",
+            ("agent",), "history", HISTORY),
+    request(subjects.HISTORY_PING, Ping, Pong, "Readiness probe of history.",
+            ("gateway",), "history", HISTORY),
+    request(subjects.MEMORY_RECALL, RecallMemories, MemoryPage,
+            "List a user's memories, newest first, by persona and text.",
+            ("gateway", "agent"), "memory", MEMORY),
+    request(subjects.MEMORY_DELETE, DeleteMemory, MemoryDeleted,
+            "Delete one memory of a user.", ("gateway",), "memory", MEMORY),
+    request(subjects.MEMORY_PING, Ping, Pong, "Readiness probe of memory.",
+            ("gateway",), "memory", MEMORY),
+    request(subjects.AGENT_PING, Ping, Pong, "Readiness probe of the agent.",
+            ("gateway",), "agent", AGENT),
+    # JetStream: stored, delivered at least once, acknowledged explicitly.
+    Channel(subjects.CHAT_REQUESTED, RequestChat,
+            "A chat job: answer the user's message. `Nats-Msg-Id` is the job id. Every agent "
+            "replica pulls from one shared durable consumer, acks after the outcome is stored, "
+            "and heartbeats the message while the model runs.",
+            ("gateway",), ("agent",), stream=subjects.CHAT_JOBS_STREAM,
+            durable=subjects.AGENT_DURABLE),
+    Channel(subjects.CHAT_COMPLETED, ChatCompleted,
+            "A job's reply is stored. For consumers outside chatbus.",
+            ("agent",), stream=subjects.CHAT_EVENTS_STREAM),
+    Channel(subjects.CHAT_FAILED, ChatFailed,
+            "A job ended without a reply. For consumers outside chatbus.",
+            ("agent",), stream=subjects.CHAT_EVENTS_STREAM),
+    Channel(subjects.SESSION_ARCHIVED, SessionArchived,
+            "A session was archived (from history's outbox): memory summarises it.",
+            ("history",), ("memory",), stream=subjects.SESSION_EVENTS_STREAM,
+            durable=subjects.MEMORY_ARCHIVED_DURABLE),
+    Channel(subjects.SESSION_DELETED, SessionDeleted,
+            "A session was deleted (from history's outbox): memory forgets its memories.",
+            ("history",), ("memory",), stream=subjects.SESSION_EVENTS_STREAM,
+            durable=subjects.MEMORY_DELETED_DURABLE),
+    Channel(subjects.MEMORY_STORED, MemoriesStored,
+            "Memories of an archived session are stored. For consumers outside chatbus.",
+            ("memory",), stream=subjects.MEMORY_EVENTS_STREAM),
+    Channel(subjects.deadletter("{service}"), DeadLetter,
+            "A message a service gave up on, kept for an operator.",
+            ("history", "memory", "agent"), stream=subjects.DEADLETTER_STREAM,
+            parameters={"service": "the service that gave up: history, memory or agent"}),
+    # Core NATS: fire and forget.
+    Channel(subjects.chat_delta("{job_id}"), ChatDelta,
+            "A piece of a job's reply as the model writes it, best effort; the gateways "
+            "following the job relay it as server-sent events. The final state is in the "
+            "job bucket.",
+            ("agent",), ("gateway",), parameters=JOB_ID),
+    Channel(subjects.CHAT_CANCEL, CancelJob,
+            "Stop a running job now: every agent replica hears it (no queue group), the one "
+            "running the job closes its model stream.",
+            ("gateway",), ("agent",)),
+    # JetStream key-value buckets: written with compare-and-set, read and watched.
+    entry(subjects.JOBS_BUCKET, "job_id", JobState,
+          "A job's state under its id: created by the gateway, advanced by the agent, "
+          "watched by the gateway for `?wait=` and event streams.",
+          JOB_ID["job_id"], ("gateway", "agent")),
+    entry(subjects.LANES_BUCKET, "lane", JobLane,
+          "Unfinished jobs, oldest first: per session (answered in order) and per user "
+          "(the limit of jobs queued or running).",
+          "`session.<session id>`, or `user.` and 32 hex digits of the SHA-256 of the user id",
+          ("gateway", "agent")),
+    entry(subjects.RATE_BUCKET, "user", RateWindow,
+          "A user's accepted messages of the last minute, shared by every gateway replica.",
+          "`user.` and 32 hex digits of the SHA-256 of the user id", ("gateway",)),
+)
