@@ -27,16 +27,53 @@ def up() -> None:
 
 
 @app.command()
+def migrate() -> None:
+    """Bring the history and memory schemas of DATABASE_URL up to date, then exit."""
+    from services.history import db as history_db
+    from services.history.config import Settings
+    from services.memory import db as memory_db
+
+    url = Settings().database_url
+
+    async def upgrade() -> None:
+        await history_db.migrate(url)
+        await memory_db.migrate(url)
+
+    asyncio.run(upgrade())
+    typer.echo("chatbus: history and memory schemas are up to date")
+
+
+@app.command()
 def token(
     user: Annotated[str, typer.Argument(help="user id, the token's `sub`")],
     ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 86400,
-    audience: Annotated[str | None, typer.Option(help="`aud` claim")] = None,
+    audience: Annotated[
+        str | None, typer.Option(help="`aud` claim", envvar="JWT_AUDIENCE")
+    ] = None,
+    issuer: Annotated[str | None, typer.Option(help="`iss` claim", envvar="JWT_ISSUER")] = None,
 ) -> None:
     """Print a token for USER signed with JWT_SECRET (HS256)."""
     from services.gateway.auth import mint_token
 
     settings = LauncherSettings()
-    typer.echo(mint_token(settings.jwt_secret, user, ttl_seconds=ttl, audience=audience))
+    token = mint_token(settings.jwt_secret, user, ttl_seconds=ttl, audience=audience, issuer=issuer)
+    typer.echo(token)
+
+
+@app.command()
+def asyncapi(
+    out: Annotated[str, typer.Option(help="file to write; `-` prints it")] = "docs/asyncapi.json",
+) -> None:
+    """Write the AsyncAPI document of the bus, generated from the contracts."""
+    from pathlib import Path
+
+    from services.runtime.asyncapi import render
+
+    if out == "-":
+        typer.echo(render(), nl=False)
+        return
+    Path(out).write_text(render(), encoding="utf-8")
+    typer.echo(f"chatbus: wrote {out}")
 
 
 def main() -> None:
