@@ -39,6 +39,12 @@ class InvalidInput(HistoryError):
     code: ErrorCode = "invalid"
 
 
+class Unavailable(HistoryError):
+    """Something this service needs (its database) does not answer."""
+
+    code: ErrorCode = "unavailable"
+
+
 class RetryableConflict(Conflict):
     """Concurrent writers kept winning; the caller may try again."""
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Protocol
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.base import Contract, Ping, Pong, utcnow
 from contracts.history import (
@@ -34,6 +35,7 @@ from services.history.errors import (
     DuplicateMessage,
     NotFound,
     RetryableConflict,
+    Unavailable,
 )
 from services.history.outbox import archived_event, deleted_event
 from services.history.store import Store, Tx
@@ -64,7 +66,13 @@ class HistoryService:
         self.instance = instance
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
-        """Answer that this replica is alive."""
+        """Answer that this replica is alive and reaches its database."""
+        try:
+            async with self.store.read() as tx:
+                await tx.check()
+        except SQLAlchemyError as exc:
+            # A readiness probe, asked every few seconds: no stack trace per probe.
+            raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
         return Pong(service="history", instance=self.instance)
 
     async def create_session(self, req: CreateSession, meta: RequestMeta) -> SessionReply:

@@ -41,6 +41,12 @@ class InvalidInput(MemoryServiceError):
     code: ErrorCode = "invalid"
 
 
+class Unavailable(MemoryServiceError):
+    """Something this service needs (its database) does not answer."""
+
+    code: ErrorCode = "unavailable"
+
+
 class GenerationFailed(MemoryServiceError):
     """An attempt at generating a session's memories failed."""
 

@@ -10,6 +10,7 @@ from typing import Protocol
 from uuid import UUID
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.base import Ping, Pong, utcnow
 from contracts.history import MessageRecord
@@ -24,7 +25,7 @@ from contracts.memory import (
 )
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.memory.cursor import Position, decode_cursor, encode_cursor
-from services.memory.errors import AlreadyProcessed, NotFound
+from services.memory.errors import AlreadyProcessed, NotFound, Unavailable
 from services.memory.models import STORED
 from services.memory.store import Store
 from services.runtime.bus import RequestMeta
@@ -88,7 +89,13 @@ class MemoryService:
         self.heartbeat_interval = heartbeat_interval
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
-        """Answer that this replica is alive."""
+        """Answer that this replica is alive and reaches its database."""
+        try:
+            async with self.store.read() as tx:
+                await tx.check()
+        except SQLAlchemyError as exc:
+            # A readiness probe, asked every few seconds: no stack trace per probe.
+            raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
         return Pong(service="memory", instance=self.instance)
 
     async def recall(self, req: RecallMemories, _: RequestMeta) -> MemoryPage:
