@@ -184,6 +184,7 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         pids = {name: proc.pid for name, proc in cluster.procs.items() if proc.pid is not None}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         first, answers = await submit(http, sessions)
+        cpu_submits = {n: round(cpu_seconds(pid) - cpu_before[n], 1) for n, pid in pids.items()}
         final = await follow(http, answers, time.monotonic() + args.latency + args.follow)
         cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}
         replies = await count_replies(http, answers)
@@ -194,7 +195,7 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     statuses = Counter(s["status"] for s in final.values())
     statuses["unfinished"] = len(accepted) - len(final)
     failures = Counter(a["error"].split(" ", 1)[0] for a in answers if "error" in a)
-    return {
+    figures = {
         "jobs": args.jobs,
         "users": args.users,
         "latency_s": args.latency,
@@ -216,8 +217,15 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "assistant_messages_per_job": {str(k): v for k, v in sorted(replies.items())},
         "store": "postgres" if "postgres" in (args.database_url or "") else "sqlite",
         "cache": "redis" if args.redis_url else "in-process LRU",
+        "cpu_seconds_during_submits": cpu_submits,
         "cpu_seconds_from_submit_to_last_follow": cpu,
     }
+    # The whole stack's CPU per completed job (polling included): the floor this machine's
+    # two cores put under the time a burst of jobs needs, before any model latency.
+    done = statuses["completed"]
+    per_job = round(1000 * sum(cpu.values()) / done, 1) if done else None
+    figures["stack_cpu_ms_per_completed_job"] = per_job
+    return figures
 
 
 def main() -> None:
