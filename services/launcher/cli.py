@@ -15,15 +15,20 @@ app = typer.Typer(
 @app.command()
 def up() -> None:
     """Run the whole stack on this machine until Ctrl-C."""
-    from services.gateway.auth import mint_token
     from services.launcher.stack import Stack
 
     settings = LauncherSettings()
 
-    def token_for(user_id: str) -> str:
-        return mint_token(settings.jwt_secret, user_id)
+    raise typer.Exit(asyncio.run(Stack(settings).up(lambda user: dev_token(settings, user))))
 
-    raise typer.Exit(asyncio.run(Stack(settings).up(token_for)))
+
+def dev_token(settings: LauncherSettings, user_id: str) -> str:
+    """Sign the token the launcher prints: the gateway's secret, audience and issuer."""
+    from services.gateway.auth import mint_token
+
+    return mint_token(
+        settings.jwt_secret, user_id, audience=settings.jwt_audience, issuer=settings.jwt_issuer
+    )
 
 
 @app.command()

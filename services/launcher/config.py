@@ -24,6 +24,8 @@ class LauncherSettings(BaseSettings):
     llm_sim_latency: float = Field(default=0.3, ge=0)
     llm_sim_tokens_per_second: float = Field(default=40.0, ge=0)
     jwt_secret: str = DEV_JWT_SECRET
+    jwt_audience: str | None = None  # the dev token carries them, so the gateway accepts it
+    jwt_issuer: str | None = None
     ready_timeout: float = Field(default=60.0, alias="CHATBUS_READY_TIMEOUT", gt=0)
     stop_timeout: float = Field(default=15.0, alias="CHATBUS_STOP_TIMEOUT", gt=0)
 
