@@ -27,12 +27,14 @@ from contracts.history import (
     SessionRecord,
     SessionReply,
 )
+from services.history.appends import AppendBatcher, duplicate
 from services.history.cache import Cache
 from services.history.cursor import Position, decode_cursor, encode_cursor
 from services.history.errors import (
     ActiveSessionExists,
     Conflict,
     DuplicateMessage,
+    HistoryError,
     NotFound,
     RetryableConflict,
     Unavailable,
@@ -64,6 +66,7 @@ class HistoryService:
         self.cache = cache
         self.outbox = outbox
         self.instance = instance
+        self.appends = AppendBatcher(store, self._append_one)
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""
@@ -160,6 +163,13 @@ class HistoryService:
 
     async def append_message(self, req: AppendMessage, _: RequestMeta) -> MessageReply:
         """Store a job's message once; a repeat returns the stored one unchanged."""
+        reply = await self.appends.append(req)  # with whatever other appends are waiting
+        if reply.created:
+            await self._committed(req.user_id, [req.session_id], events=False)
+        return reply
+
+    async def _append_one(self, req: AppendMessage) -> MessageReply:
+        """Store one append in its own transaction (a batch that raced falls back to this)."""
         now = utcnow()
         record = MessageRecord(
             id=uuid.uuid4(),
@@ -189,7 +199,6 @@ class HistoryService:
             if existing is None or found is None:
                 raise NotFound("no such session") from None
             return self._duplicate(existing, req, found.persona)
-        await self._committed(req.user_id, [req.session_id], events=False)
         return MessageReply(message=record, created=True, persona=session.persona)
 
     async def list_messages(self, req: ListMessages, _: RequestMeta) -> MessagePage:
@@ -229,13 +238,13 @@ class HistoryService:
             items = await tx.search_messages(req.user_id, req.query, req.limit)
         return MessagePage(items=tuple(items))
 
-    def _duplicate(
-        self, existing: MessageRecord, req: AppendMessage, persona: str
-    ) -> MessageReply:
-        if existing.session_id != req.session_id or existing.user_id != req.user_id:
-            # A job id belongs to one session; reusing it elsewhere is a caller's bug.
-            raise Conflict("this job already stored a message in another session")
-        return MessageReply(message=existing, created=False, persona=persona)
+    @staticmethod
+    def _duplicate(existing: MessageRecord, req: AppendMessage, persona: str) -> MessageReply:
+        # A job id belongs to one session; reusing it elsewhere is a caller's bug.
+        outcome = duplicate(existing, req, persona)
+        if isinstance(outcome, HistoryError):
+            raise outcome
+        return outcome
 
     async def _committed(
         self, user_id: str, session_ids: Sequence[uuid.UUID], *, events: bool

@@ -1,7 +1,7 @@
 """Persistence of sessions and messages: queries only, no rules."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -152,6 +152,43 @@ class Tx:
             await self.conn.execute(insert(messages).values(**_columns(record)))
         except IntegrityError as exc:
             raise DuplicateMessage(record.job_id, record.role) from exc
+
+    async def get_sessions(
+        self, session_ids: Collection[UUID], *, lock: bool = False
+    ) -> dict[UUID, SessionRecord]:
+        """Return the sessions of these ids that exist; ``lock`` holds their rows, in id order."""
+        query = select(sessions).where(sessions.c.id.in_(session_ids)).order_by(sessions.c.id)
+        if lock:
+            query = query.with_for_update()
+        rows = (await self.conn.execute(query)).mappings().all()
+        return {row["id"]: _session(row) for row in rows}
+
+    async def get_job_messages(
+        self, keys: Collection[tuple[UUID, Role]]
+    ) -> dict[tuple[UUID, Role], MessageRecord]:
+        """Return the messages stored under these (job id, role) pairs."""
+        query = select(messages).where(tuple_(messages.c.job_id, messages.c.role).in_(keys))
+        rows = (await self.conn.execute(query)).mappings().all()
+        found = (_message(row) for row in rows)
+        return {(m.job_id, m.role): m for m in found if m.job_id is not None}
+
+    async def insert_messages(self, records: Sequence[MessageRecord]) -> None:
+        """Insert messages; raise :class:`DuplicateMessage` if any (job, role) exists."""
+        if not records:
+            return
+        try:
+            await self.conn.execute(insert(messages), [_columns(r) for r in records])
+        except IntegrityError as exc:
+            raise DuplicateMessage(records[0].job_id, records[0].role) from exc
+
+    async def count_messages(self, counts: Mapping[UUID, int], at: datetime) -> None:
+        """Add each session's new messages to its count and move its ``updated_at``."""
+        for session_id, added in sorted(counts.items()):
+            await self.conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id)
+                .values(message_count=sessions.c.message_count + added, updated_at=at)
+            )
 
     async def count_message(self, session_id: UUID, at: datetime) -> None:
         """Add one to the session's message count and move its ``updated_at``."""

@@ -35,6 +35,7 @@ from tests.unit.test_history_service import (  # noqa: F401  (collected again he
     test_append_is_idempotent_on_job_and_role,
     test_archive_is_announced_once_and_repeats_are_no_ops,
     test_archived_session_refuses_user_but_keeps_assistant_messages,
+    test_concurrent_appends_share_transactions_and_keep_their_own_answers,
     test_concurrent_creates_leave_exactly_one_active_session,
     test_concurrent_duplicate_appends_store_one_message,
     test_create_archives_previous_session_of_same_persona,
@@ -47,6 +48,7 @@ from tests.unit.test_history_service import (  # noqa: F401  (collected again he
     test_session_pages_stay_stable_and_filter,
     test_sessions_are_invisible_to_other_users,
     test_timestamps_come_back_aware_utc,
+    test_two_replicas_appending_one_job_store_it_once,
 )
 
 pytestmark = pytest.mark.integration

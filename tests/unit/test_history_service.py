@@ -3,7 +3,7 @@ tier runs the same tests against Postgres by overriding ``database_url``)."""
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -241,6 +241,57 @@ async def test_concurrent_duplicate_appends_store_one_message(service: HistorySe
     assert (await _get(service, session)).message_count == 1
     page = await service.list_messages(ListMessages(user_id="alice", session_id=session.id), META)
     assert len(page.items) == 1
+
+
+async def test_concurrent_appends_share_transactions_and_keep_their_own_answers(
+    service: HistoryService,
+) -> None:
+    sessions = [await _create(service, persona=f"p{i}") for i in range(5)]
+    archived = await _create(service, persona="gone")
+    await _create(service, persona="gone")  # archives it
+    missing = archived.model_copy(update={"id": uuid.uuid4()})
+    repeated = uuid.uuid4()
+
+    async def attempt(call: Awaitable[tuple[MessageRecord, bool]]) -> object:
+        try:
+            return await call
+        except (Conflict, NotFound) as exc:
+            return type(exc)
+
+    calls = [_append(service, sessions[i % 5], content=f"m{i}") for i in range(40)]
+    calls += [_append(service, sessions[0], job=repeated) for _ in range(5)]
+    calls += [_append(service, archived), _append(service, missing)]
+    calls += [_append(service, sessions[1], user="mallory")]  # not hers: as if missing
+    batches_before = service.appends.batches
+    outcomes = await asyncio.gather(*(attempt(c) for c in calls))
+
+    stored = [o for o in outcomes[:40] if isinstance(o, tuple)]
+    assert len(stored) == 40 and all(created for _, created in stored)
+    repeats = outcomes[40:45]
+    assert sum(created for _, created in repeats) == 1  # type: ignore[misc]
+    assert len({m.id for m, _ in repeats}) == 1  # type: ignore[misc]
+    assert outcomes[45:] == [Conflict, NotFound, NotFound]
+    # 48 appends arrived together: they were written in far fewer transactions.
+    assert service.appends.batches - batches_before < 10
+    counts = [(await _get(service, s)).message_count for s in sessions]
+    assert counts == [8 + 1, 8, 8, 8, 8]
+
+
+async def test_two_replicas_appending_one_job_store_it_once(
+    service: HistoryService, database_url: str
+) -> None:
+    other_engine = make_engine(database_url)  # a second replica: its own pool and batches
+    other = build_service(Store(other_engine), RecordingPublisher())
+    try:
+        session = await _create(service)
+        job = uuid.uuid4()
+        replicas = [service, other] * 10
+        results = await asyncio.gather(*(_append(r, session, job=job) for r in replicas))
+    finally:
+        await other_engine.dispose()
+    assert sum(created for _, created in results) == 1
+    assert len({message.id for message, _ in results}) == 1
+    assert (await _get(service, session)).message_count == 1
 
 
 async def test_archived_session_refuses_user_but_keeps_assistant_messages(
