@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-
 from contracts import subjects
 from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobLane, JobState, RequestChat
 from contracts.deadletter import DeadLetter
@@ -24,6 +22,7 @@ from services.agent.llm import ChatMessage
 from services.agent.service import JobRunner
 from services.runtime.bus import RequestMeta
 from services.runtime.lanes import Lanes
+from tests.kv import FakeKV
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -62,40 +61,6 @@ class FakeJobs:
             raise JobConflict("changed")
         self.put(state)
         return self.states[state.id]
-
-
-@dataclass
-class Entry:
-    value: bytes
-    revision: int
-
-
-class FakeKV:
-    """The three KeyValue calls ``Lanes`` makes, with the same compare-and-set errors."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, Entry] = {}
-        self.revision = 0
-
-    async def get(self, key: str) -> Entry:
-        if key not in self.entries:
-            raise KeyNotFoundError
-        return self.entries[key]
-
-    async def create(self, key: str, value: bytes) -> int:
-        if key in self.entries:
-            raise KeyWrongLastSequenceError
-        return self._put(key, value)
-
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        if key not in self.entries or self.entries[key].revision != last:
-            raise KeyWrongLastSequenceError
-        return self._put(key, value)
-
-    def _put(self, key: str, value: bytes) -> int:
-        self.revision += 1
-        self.entries[key] = Entry(value, self.revision)
-        return self.revision
 
 
 class FakeHistory:

@@ -15,7 +15,6 @@ from uuid import UUID
 
 import httpx
 from fastapi import FastAPI
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
@@ -52,6 +51,7 @@ from services.gateway.feed import JobFeed
 from services.gateway.ratelimit import RateDecision, SlidingWindow
 from services.runtime.bus import BusUnavailable, RequestMeta
 from services.runtime.lanes import Lanes
+from tests.kv import FakeKV
 
 R = TypeVar("R", bound=Reply)
 
@@ -278,45 +278,6 @@ def offset(cursor: str | None) -> int | None:
     if cursor is None:
         return 0
     return int(cursor) if cursor.isascii() and cursor.isdigit() else None  # "²" is a digit
-
-
-@dataclass
-class FakeEntry:
-    """A bucket entry: the value and its revision."""
-
-    value: bytes
-    revision: int
-
-
-class FakeKV:
-    """The compare-and-set subset of a KV bucket that :class:`Lanes` uses, over a dict."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, FakeEntry] = {}
-        self.revision = 0
-
-    async def get(self, key: str) -> FakeEntry:
-        """Return the latest entry of a key."""
-        if key not in self.entries:
-            raise KeyNotFoundError
-        return self.entries[key]
-
-    async def create(self, key: str, value: bytes) -> int:
-        """Store a new key."""
-        if key in self.entries:
-            raise KeyWrongLastSequenceError
-        return self._put(key, value)
-
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        """Replace a key at the expected revision."""
-        if key not in self.entries or self.entries[key].revision != last:
-            raise KeyWrongLastSequenceError
-        return self._put(key, value)
-
-    def _put(self, key: str, value: bytes) -> int:
-        self.revision += 1
-        self.entries[key] = FakeEntry(value, self.revision)
-        return self.revision
 
 
 @dataclass
