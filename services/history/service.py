@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Protocol
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.base import Contract, Ping, Pong, utcnow
 from contracts.history import (
@@ -42,6 +41,7 @@ from services.history.errors import (
 from services.history.outbox import archived_event, deleted_event
 from services.history.store import Store, Tx
 from services.runtime.bus import RequestMeta
+from services.runtime.database import unreachable
 
 log = structlog.get_logger("chatbus.history")
 
@@ -70,12 +70,9 @@ class HistoryService:
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""
-        try:
-            async with self.store.read() as tx:
-                await tx.check()
-        except SQLAlchemyError as exc:
-            # A readiness probe, asked every few seconds: no stack trace per probe.
-            raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
+        # A readiness probe, asked every few seconds: refused with no stack trace per probe.
+        if (why := await unreachable(self.store.engine)) is not None:
+            raise Unavailable(why)
         return Pong(service="history", instance=self.instance)
 
     async def create_session(self, req: CreateSession, meta: RequestMeta) -> SessionReply:

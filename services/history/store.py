@@ -49,10 +49,6 @@ class Tx:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def check(self) -> None:
-        """Run the cheapest query there is: the database answers."""
-        await self.conn.execute(select(1))
-
     async def get_session(self, session_id: UUID, *, lock: bool = False) -> SessionRecord | None:
         """Return a session by id; ``lock`` holds its row until the transaction ends."""
         query = select(sessions).where(sessions.c.id == session_id)

@@ -10,7 +10,6 @@ from typing import Protocol
 from uuid import UUID
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.base import Ping, Pong, utcnow
 from contracts.history import MessageRecord
@@ -29,6 +28,7 @@ from services.memory.errors import AlreadyProcessed, NotFound, Unavailable
 from services.memory.models import STORED
 from services.memory.store import Store
 from services.runtime.bus import RequestMeta
+from services.runtime.database import unreachable
 
 log = structlog.get_logger("chatbus.memory")
 Heartbeat = Callable[[], Awaitable[None]]
@@ -90,12 +90,9 @@ class MemoryService:
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""
-        try:
-            async with self.store.read() as tx:
-                await tx.check()
-        except SQLAlchemyError as exc:
-            # A readiness probe, asked every few seconds: no stack trace per probe.
-            raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
+        # A readiness probe, asked every few seconds: refused with no stack trace per probe.
+        if (why := await unreachable(self.store.engine)) is not None:
+            raise Unavailable(why)
         return Pong(service="memory", instance=self.instance)
 
     async def recall(self, req: RecallMemories, _: RequestMeta) -> MemoryPage:

@@ -56,10 +56,6 @@ class Tx:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def check(self) -> None:
-        """Run the cheapest query there is: the database answers."""
-        await self.conn.execute(select(1))
-
     async def processed(self, session_id: UUID) -> Processed | None:
         """Return the record of a handled session, if any."""
         query = select(processed_sessions).where(processed_sessions.c.session_id == session_id)
