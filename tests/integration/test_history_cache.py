@@ -30,7 +30,8 @@ from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
 from services.launcher.natsserver import free_port, wait_for_port
-from tests.integration.test_history_database import drop_history_schema
+from tests.databases import BACKENDS
+from tests.integration.test_history_database import DB
 from tests.unit.test_history_cache import RecordingLogger, count_queries, sample
 from tests.unit.test_history_service import META, RecordingPublisher, _append, _create
 
@@ -78,13 +79,9 @@ def private_redis() -> Iterator[RedisProcess]:
         server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
-        await drop_history_schema(url)
+    url = await DB.fresh_url(request.param, tmp_path, request)
     await migrate(url)
     return url
 

@@ -9,14 +9,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from alembic import command
-from sqlalchemy import Executable, func, insert, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import func, insert, select, text
 
 from contracts.base import utcnow
-from services.history.db import WRITE_OPTION, alembic_config, make_engine, migrate
+from services.history.db import DATABASE, make_engine, migrate
 from services.history.models import sessions
+from tests.databases import BACKENDS, ServiceDatabase
 from tests.unit.test_history_cache import (  # noqa: F401  (collected again here)
     cached,
     test_concurrent_misses_on_one_key_query_the_database_once,
@@ -55,41 +53,21 @@ pytestmark = pytest.mark.integration
 HEAD = "0002"
 
 
-async def drop_history_schema(database_url: str) -> None:
-    """Drop the schema history owns, so the test migrates a fresh database."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA IF EXISTS history CASCADE"))
-    finally:
-        await engine.dispose()
+DB = ServiceDatabase(DATABASE)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 async def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    url = str(request.getfixturevalue("postgres_url"))
-    await drop_history_schema(url)
-    return url
+    return await DB.fresh_url(backend, tmp_path, request)
 
 
-async def _scalar(url: str, sql: str | Executable) -> object:
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(text(sql) if isinstance(sql, str) else sql)).scalar_one()
-    finally:
-        await engine.dispose()
-
-
-def _version_table(backend: str) -> str:
-    return "history.alembic_version" if backend == "postgres" else "history_alembic_version"
+_scalar = DB.scalar
+_version_table = DB.version_table
 
 
 async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> None:
@@ -156,14 +134,7 @@ async def test_migrate_leaves_the_sqlite_file_in_wal_mode(tmp_path: Path) -> Non
 
 async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> None:
     await migrate(database_url)
-    engine = make_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
-            async with conn.begin():
-                await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0001"))
-    finally:
-        await engine.dispose()
+    await DB.downgrade(database_url, "0001")
     await migrate(database_url)
     table = "history.outbox" if backend == "postgres" else "outbox"
     assert await _scalar(database_url, f"SELECT count(*) FROM {table}") == 0

@@ -9,15 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from alembic import command
-from sqlalchemy import Executable, func, insert, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import func, insert, select
 
 from contracts.base import utcnow
 from services.history.db import migrate as migrate_history
-from services.memory.db import WRITE_OPTION, alembic_config, make_engine, migrate
+from services.memory.db import DATABASE, make_engine, migrate
 from services.memory.models import memories
+from tests.databases import BACKENDS, ServiceDatabase
 from tests.unit.test_memory_service import (  # noqa: F401  (collected again here)
     test_a_deleted_session_forgets_its_memories_and_stays_forgotten,
     test_a_session_deleted_before_it_was_archived_is_never_remembered,
@@ -37,41 +35,21 @@ pytestmark = pytest.mark.integration
 HEAD = "0001"
 
 
-async def drop_memory_schema(database_url: str) -> None:
-    """Drop the schema memory owns, so the test migrates a fresh database."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA IF EXISTS memory CASCADE"))
-    finally:
-        await engine.dispose()
+DB = ServiceDatabase(DATABASE)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 async def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/memory.db"
-    url = str(request.getfixturevalue("postgres_url"))
-    await drop_memory_schema(url)
-    return url
+    return await DB.fresh_url(backend, tmp_path, request)
 
 
-async def _scalar(url: str, sql: str | Executable) -> object:
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(text(sql) if isinstance(sql, str) else sql)).scalar_one()
-    finally:
-        await engine.dispose()
-
-
-def _version_table(backend: str) -> str:
-    return "memory.alembic_version" if backend == "postgres" else "memory_alembic_version"
+_scalar = DB.scalar
+_version_table = DB.version_table
 
 
 async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> None:
@@ -105,7 +83,7 @@ async def test_replicas_migrating_at_once_do_not_race(database_url: str, backend
 
 
 async def test_tables_live_in_the_memory_schema_on_postgres(postgres_url: str) -> None:
-    await drop_memory_schema(postgres_url)
+    await DB.drop(postgres_url)
     await migrate(postgres_url)
     found = await _scalar(
         postgres_url,
@@ -129,14 +107,7 @@ async def test_the_sqlite_file_is_shared_with_history(tmp_path: Path) -> None:
 
 async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> None:
     await migrate(database_url)
-    engine = make_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
-            async with conn.begin():
-                await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "base"))
-    finally:
-        await engine.dispose()
+    await DB.downgrade(database_url, "base")
     await migrate(database_url)
     table = "memory.processed_sessions" if backend == "postgres" else "processed_sessions"
     assert await _scalar(database_url, f"SELECT count(*) FROM {table}") == 0

@@ -195,10 +195,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/db/chatbus.db"
-    from tests.integration.test_memory_database import drop_memory_schema
+    from tests.integration.test_memory_database import DB
 
     url = str(request.getfixturevalue("postgres_url"))
-    await drop_memory_schema(url)
+    await DB.drop(url)
     return url
 
 
