@@ -5,7 +5,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ErrorCode = Literal["not_found", "conflict", "invalid", "unavailable", "internal"]
+ErrorCode = Literal[
+    "not_found", "conflict", "invalid", "unavailable", "internal", "too_many_jobs", "rate_limited"
+]
 
 
 def utcnow() -> datetime:
@@ -26,6 +28,9 @@ class BusError(Contract):
 
     code: ErrorCode
     message: str = Field(max_length=2000)
+    retry_after: float | None = Field(
+        default=None, ge=0, description="seconds until a refused request may succeed (limits)"
+    )
 
 
 class Reply(Contract):

@@ -1,4 +1,16 @@
-"""Chat jobs: the command, its events, and the job state kept in the KV bucket."""
+"""Chat jobs: the command, the job record, the cancel request, and the job's events.
+
+A job's life, and who writes what:
+
+- the gateway creates the job record (``chat_jobs`` bucket, status ``queued``) and
+  asks history to admit the user's message; history stores it and announces
+  :class:`RequestChat` from its outbox (so a stored message is always answered);
+- from the first delivery on, only the agent moves the record (compare-and-set
+  on the revision it last wrote) and publishes the job's events on
+  ``chat.job.<job_id>.<kind>`` (stored in the ``JOB_EVENTS`` stream, replayable);
+- the gateway never writes the record again; a cancel is its own key in the
+  ``chat_cancels`` bucket (:class:`CancelRequest`), which every agent watches.
+"""
 
 from datetime import datetime
 from typing import Literal
@@ -10,11 +22,13 @@ from contracts.base import Contract, ErrorCode
 from contracts.history import MAX_CONTENT_CHARS, MessageRecord
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+FinalStatus = Literal["completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+TOOL_RESULT_EVENT_CHARS = 2000  # a tool_result event carries at most this much of the result
 
 
 class RequestChat(Contract):
-    """Answer a user's message in a session (published on ``chat.requested``)."""
+    """Answer a user's message in a session (published on ``chat.requested`` by history)."""
 
     job_id: UUID
     user_id: str = Field(min_length=1, max_length=256)
@@ -23,6 +37,14 @@ class RequestChat(Contract):
     message_id: UUID
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
     created_at: datetime
+    follows: UUID | None = Field(
+        default=None,
+        description="the job of the same session admitted just before this one and not yet "
+        "answered when this one was: this job starts only once that one has ended",
+    )
+    revision: int = Field(
+        default=0, ge=0, description="the job record's revision as the gateway created it"
+    )
 
 
 class JobError(Contract):
@@ -45,12 +67,7 @@ class JobState(Contract):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    cancel_requested: bool = False
     tools: tuple[str, ...] = Field(default=(), description="names of the tools the model called")
-    lease_expires_at: datetime | None = Field(
-        default=None,
-        description="while running: when the worker's ack deadline runs out unless it heartbeats",
-    )
 
     @property
     def finished(self) -> bool:
@@ -58,41 +75,38 @@ class JobState(Contract):
         return self.status in TERMINAL_STATUSES
 
 
-class JobLane(Contract):
-    """Unfinished jobs of one session or one user, oldest first (``chat_lanes`` bucket)."""
-
-    jobs: tuple[UUID, ...] = ()
-
-
-class CancelJob(Contract):
-    """Stop a running job at once (core NATS broadcast on ``chat.cancel``)."""
+class CancelRequest(Contract):
+    """A user asked to stop a job (``chat_cancels`` bucket, key: the job id; gateway writes)."""
 
     job_id: UUID
     user_id: str
+    requested_at: datetime
 
 
 class ChatDelta(Contract):
-    """A piece of the reply as the model writes it (core NATS, best effort)."""
+    """A piece of the reply as the model writes it (``chat.job.<id>.delta``)."""
 
     job_id: UUID
-    seq: int = Field(ge=0)
+    attempt: int = Field(ge=1)
     text: str
 
 
-class ChatCompleted(Contract):
-    """A job's reply is stored (published on ``chat.completed``)."""
+class ToolCalled(Contract):
+    """The model called a tool; ``arguments`` is the JSON text as the model sent it."""
 
     job_id: UUID
-    user_id: str
-    session_id: UUID
-    reply: MessageRecord
+    attempt: int = Field(ge=1)
+    call_id: str
+    name: str
+    arguments: str
 
 
-class ChatFailed(Contract):
-    """A job ended without a reply (published on ``chat.failed``)."""
+class ToolReturned(Contract):
+    """A tool answered; ``result`` is cut to ``TOOL_RESULT_EVENT_CHARS`` (``truncated`` says so)."""
 
     job_id: UUID
-    user_id: str
-    session_id: UUID
-    error: JobError
-    attempts: int
+    attempt: int = Field(ge=1)
+    call_id: str
+    name: str
+    result: str = Field(max_length=TOOL_RESULT_EVENT_CHARS)
+    truncated: bool = False

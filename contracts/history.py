@@ -9,6 +9,7 @@ from pydantic import Field
 from contracts.base import Contract, Reply
 
 SessionStatus = Literal["active", "archived"]
+Multitask = Literal["enqueue", "reject", "interrupt"]
 Role = Literal["user", "assistant"]
 
 PERSONA_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -67,11 +68,30 @@ class ListSessions(Contract):
     cursor: str | None = Field(default=None, max_length=512)
 
 
+class Admission(Contract):
+    """How to admit the job a user message starts (history decides, in the append's transaction).
+
+    History refuses the message (and stores nothing) when the user has
+    ``max_active_jobs`` unfinished jobs (``too_many_jobs``) or sent
+    ``max_messages_per_minute`` messages in the last minute (``rate_limited``), both
+    with ``retry_after``; 0 means no limit. It names the job the new one follows (the
+    session's previous job, unless that one's reply is stored), and announces the
+    job on ``chat.requested`` from its outbox in the same transaction.
+    """
+
+    revision: int = Field(ge=0, description="the job record's revision, passed on to the agent")
+    created_at: datetime
+    multitask: Multitask = "enqueue"
+    max_active_jobs: int = Field(default=0, ge=0)
+    max_messages_per_minute: int = Field(default=0, ge=0)
+
+
 class AppendMessage(Contract):
     """Store a message of a job; idempotent on (job_id, role).
 
-    A user message needs an active session; an assistant message is stored even
-    if the session was archived while the job ran.
+    A user message needs an active session and an ``admission``; an assistant
+    message is stored even if the session was archived while the job ran, and
+    marks its job ended.
     """
 
     user_id: str = Field(min_length=1, max_length=256)
@@ -79,6 +99,20 @@ class AppendMessage(Contract):
     job_id: UUID
     role: Role
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    admission: Admission | None = None
+
+
+class EndJob(Contract):
+    """A job ended without a reply (failed or cancelled): it no longer counts as unfinished."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    job_id: UUID
+
+
+class JobEnded(Reply):
+    """Whether history knew the job (idempotent: ending an ended job changes nothing)."""
+
+    known: bool = False
 
 
 class ListMessages(Contract):
@@ -113,6 +147,11 @@ class MessageReply(Reply):
     message: MessageRecord | None = None
     created: bool = False
     persona: str | None = None
+    follows: UUID | None = None
+    interrupted: tuple[UUID, ...] = Field(
+        default=(),
+        description="multitask=interrupt: the session's unfinished jobs, for the caller to cancel",
+    )
 
 
 class MessagePage(Reply):
@@ -137,9 +176,14 @@ class DeleteSession(Contract):
 
 
 class DeleteReply(Reply):
-    """Whether something was deleted (``not_found`` comes as an error)."""
+    """Whether something was deleted (``not_found`` comes as an error).
+
+    ``unfinished`` lists the deleted session's jobs that had not ended, for the
+    caller to cancel.
+    """
 
     deleted: bool = False
+    unfinished: tuple[UUID, ...] = ()
 
 
 class ListFeed(Contract):

@@ -1,21 +1,18 @@
 """Subject, stream and bucket names: the only place they are spelled."""
 
-import hashlib
 from dataclasses import dataclass
 
 # JetStream: durable commands and events.
 CHAT_REQUESTED = "chat.requested"
-CHAT_COMPLETED = "chat.completed"
-CHAT_FAILED = "chat.failed"
+# Every event of one job, on ``chat.job.<job_id>.<kind>`` (JOB_EVENTS stream).
+CHAT_JOB_PREFIX = "chat.job"
+JOB_EVENT_KINDS = (
+    "status", "delta", "tool_call", "tool_result", "completed", "failed", "cancelled",
+)
 SESSION_ARCHIVED = "session.archived"
 SESSION_DELETED = "session.deleted"
 MEMORY_STORED = "memory.stored"
 DEADLETTER_PREFIX = "deadletter"
-
-# Core NATS: token stream of one job (fire and forget; the final state is in KV).
-CHAT_DELTA_PREFIX = "chat.delta"
-# Core NATS broadcast to every agent replica: stop a running job now.
-CHAT_CANCEL = "chat.cancel"
 
 # Core NATS request-reply, served by queue groups.
 HISTORY_SESSION_CREATE = "history.session.create"
@@ -23,6 +20,7 @@ HISTORY_SESSION_GET = "history.session.get"
 HISTORY_SESSION_LIST = "history.session.list"
 HISTORY_MESSAGE_APPEND = "history.message.append"
 HISTORY_MESSAGE_LIST = "history.message.list"
+HISTORY_JOB_END = "history.job.end"
 HISTORY_SESSION_ARCHIVE = "history.session.archive"
 HISTORY_SESSION_DELETE = "history.session.delete"
 HISTORY_FEED = "history.feed"
@@ -41,18 +39,14 @@ AGENT_DURABLE = "agent-chat"
 MEMORY_ARCHIVED_DURABLE = "memory-session-archived"
 MEMORY_DELETED_DURABLE = "memory-session-deleted"
 
-# JetStream key-value bucket holding every job's state.
+# JetStream key-value bucket holding every job's state (created by the gateway,
+# moved on only by the agent).
 JOBS_BUCKET = "chat_jobs"
-# JetStream key-value bucket of the unfinished jobs, in submission order, per
-# session (key ``session.<id>``: per-session order) and per user (key
-# ``user.<id>``: the per-user limit). Values are ``contracts.chat.JobLane``.
-LANES_BUCKET = "chat_lanes"
-# JetStream key-value bucket of the messages each user posted in the last
-# RATE_WINDOW_SECONDS (key ``user.<id>``: a sliding window shared by every
-# gateway replica); entries expire RATE_BUCKET_TTL_SECONDS after their last write.
-RATE_BUCKET = "chat_rate"
+# JetStream key-value bucket of cancel requests, key: the job id (written by the
+# gateway, watched by every agent replica).
+CANCELS_BUCKET = "chat_cancels"
+# The per-minute message limit counts the messages of this window.
 RATE_WINDOW_SECONDS = 60.0
-RATE_BUCKET_TTL_SECONDS = 2 * RATE_WINDOW_SECONDS
 
 # NATS headers carried by every request and event.
 HEADER_REQUEST_ID = "Chatbus-Request-Id"
@@ -60,24 +54,14 @@ HEADER_USER_ID = "Chatbus-User-Id"
 HEADER_DEADLINE = "Chatbus-Deadline"
 
 
-def chat_delta(job_id: str) -> str:
-    """Return the core-NATS subject that carries one job's token deltas."""
-    return f"{CHAT_DELTA_PREFIX}.{job_id}"
+def job_event(job_id: object, kind: str) -> str:
+    """Return the subject of one kind of event of one job."""
+    return f"{CHAT_JOB_PREFIX}.{job_id}.{kind}"
 
 
-def session_lane(session_id: object) -> str:
-    """Return the lanes-bucket key of a session's unfinished jobs."""
-    return f"session.{session_id}"
-
-
-def user_lane(user_id: str) -> str:
-    """Return the lanes-bucket key of a user's unfinished jobs (user ids are hashed: any text)."""
-    return f"user.{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
-
-
-def user_rate(user_id: str) -> str:
-    """Return the rate-bucket key of a user's recent messages (hashed like the user's lane)."""
-    return user_lane(user_id)
+def job_events(job_id: object) -> str:
+    """Return the filter of every event of one job (its replayable stream)."""
+    return f"{CHAT_JOB_PREFIX}.{job_id}.*"
 
 
 def deadletter(service: str) -> str:
@@ -96,9 +80,9 @@ class StreamSpec:
 
 
 CHAT_JOBS_STREAM = StreamSpec("CHAT_JOBS", (CHAT_REQUESTED,), max_age_seconds=7 * 86400)
-CHAT_EVENTS_STREAM = StreamSpec(
-    "CHAT_EVENTS", (CHAT_COMPLETED, CHAT_FAILED), max_age_seconds=7 * 86400
-)
+# Deltas and tool events are kept JOB_EVENTS_MAX_AGE (a setting; this is its default);
+# a job's final state outlives them in the job bucket.
+JOB_EVENTS_STREAM = StreamSpec("JOB_EVENTS", (f"{CHAT_JOB_PREFIX}.>",), max_age_seconds=3600)
 SESSION_EVENTS_STREAM = StreamSpec(
     "SESSION_EVENTS", (SESSION_ARCHIVED, SESSION_DELETED), max_age_seconds=30 * 86400
 )
@@ -108,7 +92,7 @@ DEADLETTER_STREAM = StreamSpec(
 )
 ALL_STREAMS = (
     CHAT_JOBS_STREAM,
-    CHAT_EVENTS_STREAM,
+    JOB_EVENTS_STREAM,
     SESSION_EVENTS_STREAM,
     MEMORY_EVENTS_STREAM,
     DEADLETTER_STREAM,

@@ -1,17 +1,11 @@
 """Connecting to NATS and talking over it with typed contracts.
 
-Errors raised by :class:`BusClient`::
-
-    BusError
-     ├── BusUnavailable   no connection, or nobody serves the subject
-     ├── BusTimeout       the deadline passed without an answer
-     └── BusProtocolError the answer did not match the reply contract
+:class:`BusClient` raises the :class:`~services.runtime.meta.BusError` family
+(defined without NATS, so domain modules can name them).
 """
 
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import nats.errors
@@ -26,65 +20,15 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.base import Contract, Reply
 from services.runtime.config import ServiceSettings
+from services.runtime.meta import (
+    BusProtocolError,
+    BusTimeout,
+    BusUnavailable,
+    RequestMeta,
+)
 
 R = TypeVar("R", bound=Reply)
 log = structlog.get_logger("chatbus.bus")
-
-
-class BusError(Exception):
-    """A call over the bus did not produce a usable answer."""
-
-
-class BusUnavailable(BusError):
-    """The bus or the service behind a subject is not reachable."""
-
-
-class BusTimeout(BusError):
-    """The deadline passed before an answer arrived."""
-
-
-class BusProtocolError(BusError):
-    """The answer did not match the reply contract."""
-
-
-@dataclass(frozen=True)
-class RequestMeta:
-    """What travels in NATS headers with every request and event."""
-
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    user_id: str | None = None
-    deadline: float | None = None
-
-    def headers(self) -> dict[str, str]:
-        """Render as NATS headers."""
-        out = {subjects.HEADER_REQUEST_ID: self.request_id}
-        if self.user_id is not None:
-            out[subjects.HEADER_USER_ID] = self.user_id
-        if self.deadline is not None:
-            out[subjects.HEADER_DEADLINE] = f"{self.deadline:.3f}"
-        return out
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str] | None) -> "RequestMeta":
-        """Read from NATS headers; a missing request id gets a fresh one."""
-        headers = headers or {}
-        try:
-            deadline: float | None = float(headers.get(subjects.HEADER_DEADLINE) or "nan")
-        except ValueError:
-            deadline = None  # a garbled deadline is no deadline, not a reason to drop the message
-        if deadline is not None and deadline != deadline:
-            deadline = None
-        return cls(
-            request_id=headers.get(subjects.HEADER_REQUEST_ID) or uuid.uuid4().hex,
-            user_id=headers.get(subjects.HEADER_USER_ID),
-            deadline=deadline,
-        )
-
-    def remaining(self, default: float) -> float:
-        """Return the seconds left before the deadline, or ``default`` without one."""
-        if self.deadline is None:
-            return default
-        return max(0.0, self.deadline - time.time())
 
 
 class RequestContextMiddleware(BaseMiddleware):
