@@ -49,16 +49,9 @@ from contracts.history import (  # noqa: E402
     SessionReply,
 )
 from services.launcher.natsserver import NatsServer, free_port, wait_for_port_async  # noqa: E402
-from services.runtime.bus import (  # noqa: E402
-    BusClient,
-    RequestMeta,
-    ensure_streams,
-    jobs_bucket,
-    lanes_bucket,
-    make_broker,
-)
+from services.runtime.bus import BusClient, ensure_streams, jobs_bucket, make_broker  # noqa: E402
 from services.runtime.config import ServiceSettings  # noqa: E402
-from services.runtime.lanes import Lanes  # noqa: E402
+from services.runtime.meta import RequestMeta  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "agent_concurrency.json"
 SETUP_PARALLEL = 100

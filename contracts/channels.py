@@ -9,18 +9,17 @@ subject the table does not list.
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, RootModel
+from pydantic import BaseModel
 
 from contracts import subjects
 from contracts.base import Ping, Pong, Reply
 from contracts.chat import (
-    CancelJob,
-    ChatCompleted,
+    CancelRequest,
     ChatDelta,
-    ChatFailed,
-    JobLane,
     JobState,
     RequestChat,
+    ToolCalled,
+    ToolReturned,
 )
 from contracts.deadletter import DeadLetter
 from contracts.history import (
@@ -29,7 +28,9 @@ from contracts.history import (
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -51,10 +52,6 @@ from contracts.subjects import StreamSpec
 
 Service = Literal["gateway", "agent", "history", "memory"]
 KV_PREFIX = "$KV"  # a bucket's entries are messages on `$KV.<bucket>.<key>`
-
-
-class RateWindow(RootModel[tuple[float, ...]]):
-    """Times (Unix seconds) of a user's latest accepted messages, for the per-minute limit."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +101,15 @@ def entry(
 HISTORY, MEMORY, AGENT = subjects.HISTORY_QUEUE, subjects.MEMORY_QUEUE, subjects.AGENT_QUEUE
 JOB_ID = {"job_id": "the job's id (the chat request's `job_id`)"}
 
+
+def job_event(kind: str, message: type[BaseModel], summary: str) -> Channel:
+    """Describe one kind of event of a job: stored in JOB_EVENTS, replayed by the gateways."""
+    return Channel(
+        subjects.job_event("{job_id}", kind), message, summary, ("agent",), ("gateway",),
+        stream=subjects.JOB_EVENTS_STREAM, parameters=JOB_ID,
+    )
+
+
 CHANNELS: tuple[Channel, ...] = (
     # Request-reply: answered by one replica of the service's queue group; a refused
     # request is answered with the reply's `error`, never left without an answer.
@@ -120,8 +126,13 @@ CHANNELS: tuple[Channel, ...] = (
             "Delete a session with its messages (announced on session.deleted).",
             ("gateway",), "history", HISTORY),
     request(subjects.HISTORY_MESSAGE_APPEND, AppendMessage, MessageReply,
-            "Store a message of a job, idempotent on (job, role).",
+            "Store a message of a job, idempotent on (job, role). A user message is admitted "
+            "here: limits, the job it follows, multitask, and its chat.requested (outbox); an "
+            "assistant message ends its job.",
             ("gateway", "agent"), "history", HISTORY),
+    request(subjects.HISTORY_JOB_END, EndJob, JobEnded,
+            "A job ended without a reply (failed, cancelled): it no longer counts as unfinished.",
+            ("agent",), "history", HISTORY),
     request(subjects.HISTORY_MESSAGE_LIST, ListMessages, MessagePage,
             "List a session's messages, newest first.",
             ("gateway", "agent", "memory"), "history", HISTORY),
@@ -144,17 +155,23 @@ CHANNELS: tuple[Channel, ...] = (
             ("gateway",), "agent", AGENT),
     # JetStream: stored, delivered at least once, acknowledged explicitly.
     Channel(subjects.CHAT_REQUESTED, RequestChat,
-            "A chat job: answer the user's message. `Nats-Msg-Id` is the job id. Every agent "
+            "A chat job: answer the user's message. Published by history's outbox in the "
+            "transaction that stored the message; `Nats-Msg-Id` is the job id. Every agent "
             "replica pulls from one shared durable consumer, acks after the outcome is stored, "
-            "and heartbeats the message while the model runs.",
-            ("gateway",), ("agent",), stream=subjects.CHAT_JOBS_STREAM,
+            "and heartbeats the message while the job waits for its turn or runs.",
+            ("history",), ("agent",), stream=subjects.CHAT_JOBS_STREAM,
             durable=subjects.AGENT_DURABLE),
-    Channel(subjects.CHAT_COMPLETED, ChatCompleted,
-            "A job's reply is stored. For consumers outside chatbus.",
-            ("agent",), stream=subjects.CHAT_EVENTS_STREAM),
-    Channel(subjects.CHAT_FAILED, ChatFailed,
-            "A job ended without a reply. For consumers outside chatbus.",
-            ("agent",), stream=subjects.CHAT_EVENTS_STREAM),
+    job_event("status", JobState,
+              "The job's state changed in a way a client sees: running (a new attempt), "
+              "queued again before a retry."),
+    job_event("delta", ChatDelta, "A piece of the reply as the model writes it."),
+    job_event("tool_call", ToolCalled, "The model called a tool (arguments as it sent them)."),
+    job_event("tool_result", ToolReturned,
+              "A tool answered (the result cut to TOOL_RESULT_EVENT_CHARS, 2,000 characters)."),
+    job_event("completed", JobState,
+              "The job ended with a reply (its final state; `Nats-Msg-Id` `<job>.final`)."),
+    job_event("failed", JobState, "The job ended without a reply; `error` says why."),
+    job_event("cancelled", JobState, "The job was cancelled; no reply was stored."),
     Channel(subjects.SESSION_ARCHIVED, SessionArchived,
             "A session was archived (from history's outbox): memory summarises it.",
             ("history",), ("memory",), stream=subjects.SESSION_EVENTS_STREAM,
@@ -170,27 +187,13 @@ CHANNELS: tuple[Channel, ...] = (
             "A message a service gave up on, kept for an operator.",
             ("history", "memory", "agent"), stream=subjects.DEADLETTER_STREAM,
             parameters={"service": "the service that gave up: history, memory or agent"}),
-    # Core NATS: fire and forget.
-    Channel(subjects.chat_delta("{job_id}"), ChatDelta,
-            "A piece of a job's reply as the model writes it, best effort; the gateways "
-            "following the job relay it as server-sent events. The final state is in the "
-            "job bucket.",
-            ("agent",), ("gateway",), parameters=JOB_ID),
-    Channel(subjects.CHAT_CANCEL, CancelJob,
-            "Stop a running job now: every agent replica hears it (no queue group), the one "
-            "running the job closes its model stream.",
-            ("gateway",), ("agent",)),
-    # JetStream key-value buckets: written with compare-and-set, read and watched.
+    # JetStream key-value buckets.
     entry(subjects.JOBS_BUCKET, "job_id", JobState,
-          "A job's state under its id: created by the gateway, advanced by the agent, "
-          "watched by the gateway for `?wait=` and event streams.",
+          "A job's state under its id: created by the gateway, moved on only by the agent "
+          "(compare-and-set), watched by the gateway for `?wait=` and by agents for order.",
           JOB_ID["job_id"], ("gateway", "agent")),
-    entry(subjects.LANES_BUCKET, "lane", JobLane,
-          "Unfinished jobs, oldest first: per session (answered in order) and per user "
-          "(the limit of jobs queued or running).",
-          "`session.<session id>`, or `user.` and 32 hex digits of the SHA-256 of the user id",
-          ("gateway", "agent")),
-    entry(subjects.RATE_BUCKET, "user", RateWindow,
-          "A user's accepted messages of the last minute, shared by every gateway replica.",
-          "`user.` and 32 hex digits of the SHA-256 of the user id", ("gateway",)),
+    entry(subjects.CANCELS_BUCKET, "job_id", CancelRequest,
+          "A user asked to stop the job: written by the gateway, watched by every agent "
+          "replica (a queued job is never started, a running one is stopped).",
+          JOB_ID["job_id"], ("gateway", "agent")),
 )

@@ -1,15 +1,18 @@
-"""Wire the agent: broker, job store, lanes, model client, runner, consumer and subscribers."""
+"""Wire the agent: broker, job store, cancel watch, model client, runner, consumer and pings."""
 
 import logging
+from uuid import UUID
 
 import structlog
 from faststream import FastStream
 
 from contracts import subjects
-from services.agent.bus import BusEvents, BusHistory
+from services.agent.bus import BusHistory, JobEventPublisher
+from services.agent.cancels import CancelWatch
 from services.agent.config import Settings
 from services.agent.consumer import JobConsumer
-from services.agent.jobs import KvJobStore, KvLanes
+from services.agent.generate import Generator
+from services.agent.jobs import KvJobStore
 from services.agent.llm import OpenAIChat
 from services.agent.metrics import AgentMetrics
 from services.agent.ports import Lookups
@@ -18,10 +21,11 @@ from services.agent.service import JobRunner
 from services.agent.subscribers import ensure_consumer, register
 from services.agent.tools import DEFAULT_TOOLS
 from services.runtime.bus import BusClient, ensure_streams, make_broker
+from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.telemetry import Observability, Telemetry
 
 log = structlog.get_logger("chatbus.agent")
-STREAMS = (subjects.CHAT_JOBS_STREAM, subjects.CHAT_EVENTS_STREAM, subjects.DEADLETTER_STREAM)
+STREAMS = (subjects.CHAT_JOBS_STREAM, subjects.JOB_EVENTS_STREAM, subjects.DEADLETTER_STREAM)
 
 
 def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastStream:
@@ -34,36 +38,36 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     observability = Observability(settings, "agent", telemetry=telemetry)
     metrics = AgentMetrics(observability, settings.llm_model)
     broker = make_broker(settings, "agent", observability.broker_middlewares())
-    bus = BusClient(broker, settings.bus_request_timeout)
-    store = KvJobStore()
-    lanes = KvLanes()
+    timeout = settings.bus_request_timeout
+    bus = BusClient(broker, timeout)
+    store = KvJobStore(timeout)
     usage = metrics.llm.record_usage if settings.llm_stream_usage else None
     llm = OpenAIChat(settings, on_usage=usage)
+    history = BusHistory(bus, timeout)
+    events = JobEventPublisher(broker, timeout)
+    lookups = Lookups(memories=BusMemory(bus, timeout), search=BusSearch(bus, timeout))
+    generator = Generator(settings, history, metrics.model(llm), events, lookups, DEFAULT_TOOLS)
+
+    def stop_job(job_id: UUID) -> None:
+        runner.cancel(job_id)
+
+    cancels = CancelWatch(stop_job)
     runner = JobRunner(
-        settings,
-        jobs=metrics.job_store(store),
-        history=BusHistory(bus, settings.bus_request_timeout),
-        llm=metrics.model(llm),
-        events=BusEvents(bus, settings.bus_request_timeout),
-        lanes=lanes,
-        lookups=Lookups(
-            memories=BusMemory(bus, settings.bus_request_timeout),
-            search=BusSearch(bus, settings.bus_request_timeout),
-        ),
-        tools=DEFAULT_TOOLS,
+        settings, jobs=metrics.job_store(store), history=history, generator=generator,
+        events=events, cancels=cancels,
     )
-    register(broker, runner, settings)
-    consumer = JobConsumer(broker, runner, settings, observe=metrics.delivery)
+    register(broker, settings)
+    dead_letters = DeadLetterPublisher(bus, "agent")
+    consumer = JobConsumer(broker, runner, settings, dead_letters, observe=metrics.delivery)
 
     async def prepare() -> None:
         await broker.connect()
-        await ensure_streams(broker, STREAMS)
+        await ensure_streams(broker, STREAMS, settings)
         await ensure_consumer(broker, settings)
         await store.open(broker)
-        await lanes.open(broker)
+        await cancels.start(broker)  # known before the first job is taken
 
     async def begin() -> None:
-        # After broker.start(): the cancel subscriber listens before the first job runs.
         await broker.connection.flush()
         observability.start()
         await consumer.start()
@@ -77,6 +81,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
 
     async def drain() -> None:
         await consumer.stop()
+        await cancels.stop()
         log.info("agent stopped taking jobs; none left running")
 
     async def close() -> None:

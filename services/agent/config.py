@@ -44,13 +44,12 @@ class Settings(ServiceSettings):
     # for their turn in a session hold a delivery too, so keep it >= concurrency x replicas.
     agent_max_ack_pending: int = Field(default=10_000, ge=1)
     agent_order_wait: float = Field(
-        default=5.0, ge=0, description="how long a job waits for its session's earlier jobs"
+        default=60.0, ge=0,
+        description="how long a job watches its session's earlier job before it hands its "
+        "slot back (it is delivered again after AGENT_ORDER_RETRY_DELAY)",
     )
     agent_order_retry_delay: float = Field(
         default=1.0, ge=0, description="nak delay of a job that is not its session's turn yet"
-    )
-    agent_order_poll: float = Field(
-        default=0.25, gt=0, description="how often a waiting job looks at its session lane"
     )
     agent_shutdown_grace: float = Field(
         default=20.0, ge=0, description="how long running jobs may finish after SIGTERM"

@@ -21,11 +21,10 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 from services.agent.config import Settings
-from services.agent.errors import Settle
-from services.agent.ports import Verdict
 from services.agent.service import JobRunner
-from services.runtime.bus import RequestMeta
 from services.runtime.logging import failures_logged, spawn
+from services.runtime.meta import RequestMeta
+from services.runtime.settle import DeadLetters, Verdict, retry, settle
 
 log = structlog.get_logger("chatbus.agent")
 HAND_BACK_TIMEOUT = 10.0  # for cancelled jobs to write themselves back as queued
@@ -64,16 +63,6 @@ class NatsDelivery:
         await self.msg.in_progress()
 
 
-async def settle(msg: Msg, verdict: Verdict) -> None:
-    """Apply a verdict: the one mapping from outcomes to ack, nak and term."""
-    if verdict.settle is Settle.ACK:
-        await msg.ack()
-    elif verdict.settle is Settle.RETRY:
-        await msg.nak(delay=verdict.delay or None)
-    else:
-        await msg.term()
-
-
 class JobConsumer:
     """Fetch chat jobs while workers are free and run each in its own task."""
 
@@ -82,8 +71,10 @@ class JobConsumer:
         broker: NatsBroker,
         runner: JobRunner,
         settings: Settings,
+        dead_letters: DeadLetters | None = None,
         observe: Callable[[Msg], AbstractContextManager[None]] = lambda _: nullcontext(),
     ) -> None:
+        self.dead_letters = dead_letters
         self.observe = observe  # wraps each delivery (metrics, span)
         self.broker = broker
         self.runner = runner
@@ -146,7 +137,7 @@ class JobConsumer:
                 continue
             for msg in batch:
                 if self._stopping:
-                    await self._settle(msg, Verdict(Settle.RETRY))  # for another replica
+                    await settle(msg, retry(0.0), None)  # for another replica
                     continue
                 task = asyncio.create_task(self._process(msg))
                 self.tasks.add(task)
@@ -161,12 +152,5 @@ class JobConsumer:
         with structlog.contextvars.bound_contextvars(
             request_id=meta.request_id, user_id=meta.user_id, subject=msg.subject
         ), self.observe(msg), failures_logged(CRASHED):
-            verdict = await self.runner.handle(NatsDelivery(msg))
-            await self._settle(msg, verdict)
-
-    async def _settle(self, msg: Msg, verdict: Verdict) -> None:
-        try:
-            await settle(msg, verdict)
-        except Exception as exc:
-            # The server redelivers an unsettled message after its ack deadline.
-            log.warning("could not settle a job message", error=repr(exc))
+            verdict: Verdict = await self.runner.handle(NatsDelivery(msg))
+            await settle(msg, verdict, self.dead_letters)

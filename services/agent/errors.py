@@ -1,4 +1,4 @@
-"""Errors of the agent, and their one mapping to job errors and message settlement.
+"""Errors of the agent, and their one mapping to job errors.
 
 ::
 
@@ -6,25 +6,18 @@
      ├── LLMError          the model call failed (``retryable`` tells whether to try again)
      │    └── ToolRoundsExceeded  the model kept calling tools past the round limit
      ├── HistoryError      history did not load context or store the reply
+     │    └── SessionGone  history no longer has the job's session (deleted)
      ├── JobStoreError     the job-state bucket did not answer
      │    └── JobConflict  the job changed since it was read (compare-and-set lost)
-     ├── EventError        an outcome event or dead letter was not stored
+     ├── EventError        a final event or dead letter was not stored
      └── RecallError       the memory service did not recall memories
-"""
 
-from enum import Enum
+How a delivery is settled is decided in one place: :mod:`services.agent.service`.
+"""
 
 from contracts.chat import JobError
 
 REASON_LIMIT = 2000
-
-
-class Settle(Enum):
-    """What to tell JetStream about a delivered job message."""
-
-    ACK = "ack"  # done (or nothing left to do): never deliver again
-    RETRY = "retry"  # nak with a delay: deliver again later
-    DROP = "drop"  # term: never deliver again, the outcome is recorded elsewhere
 
 
 class AgentError(Exception):
@@ -59,6 +52,12 @@ class HistoryError(AgentError):
     """History did not load the context or store the reply."""
 
 
+class SessionGone(HistoryError):
+    """The job's session was deleted: there is nobody left to answer."""
+
+    retryable = False
+
+
 class JobStoreError(AgentError):
     """The job-state bucket did not answer."""
 
@@ -68,11 +67,11 @@ class JobConflict(JobStoreError):
 
 
 class EventError(AgentError):
-    """An outcome event or dead letter was not stored."""
+    """A final event or dead letter was not stored."""
 
 
 def job_error_for(exc: BaseException) -> JobError:
-    """Describe why a job failed, for the job state and the ``chat.failed`` event."""
+    """Describe why a job failed, for the job state and its final event."""
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, LLMError):
         code = "llm_error"

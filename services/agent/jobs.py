@@ -1,104 +1,64 @@
-"""Job states and lanes in JetStream KV buckets, updated by compare-and-set on the revision."""
+"""Job states in the ``chat_jobs`` bucket: the agent moves them by compare-and-set."""
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from uuid import UUID
 
-import nats.errors
 from faststream.nats import NatsBroker
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
-from pydantic import ValidationError
 
-from contracts.chat import JobLane, JobState
+from contracts.chat import JobState
 from services.agent.errors import JobConflict, JobStoreError
-from services.runtime.bus import jobs_bucket, lanes_bucket
-from services.runtime.lanes import Lanes
-
-
-@dataclass(frozen=True)
-class Versioned:
-    """A job state and the bucket revision it was read or written at."""
-
-    state: JobState
-    revision: int
+from services.runtime.bus import jobs_bucket
+from services.runtime.kv import Entries, KvConflict, KvError, Versioned
 
 
 class KvJobStore:
     """Read and write ``JobState`` JSON under the job id."""
 
-    def __init__(self) -> None:
-        self._kv: KeyValue | None = None
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._entries: Entries[JobState] | None = None
 
     async def open(self, broker: NatsBroker) -> None:
         """Bind to the bucket (created on first use) over the connected broker."""
-        self._kv = await jobs_bucket(broker)
+        self._entries = Entries(await jobs_bucket(broker), JobState, self.timeout)
 
     @property
-    def kv(self) -> KeyValue:
+    def entries(self) -> Entries[JobState]:
         """Return the bound bucket."""
-        if self._kv is None:
+        if self._entries is None:
             raise JobStoreError("the job store is not open yet")
-        return self._kv
+        return self._entries
 
-    async def get(self, job_id: UUID) -> Versioned | None:
+    async def get(self, job_id: UUID) -> Versioned[JobState] | None:
         """Return the job's state, or None when the bucket has none."""
         try:
-            entry = await self.kv.get(str(job_id))
-        except KeyNotFoundError:
-            return None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise JobStoreError(f"job store unavailable: {exc!r}") from exc
-        if entry.value is None or entry.revision is None:
-            return None
-        try:
-            return Versioned(JobState.model_validate_json(entry.value), entry.revision)
-        except ValidationError as exc:
-            raise JobStoreError(f"job {job_id} holds an unreadable state") from exc
+            return await self.entries.get(str(job_id))
+        except KvError as exc:
+            raise JobStoreError(f"job store: {exc}") from exc
 
-    async def create(self, state: JobState) -> Versioned:
+    async def create(self, state: JobState) -> Versioned[JobState]:
         """Store a new job; raise :class:`JobConflict` when it exists already."""
         try:
-            revision = await self.kv.create(str(state.id), state.model_dump_json().encode())
-        except KeyWrongLastSequenceError as exc:
+            return await self.entries.create(str(state.id), state)
+        except KvConflict as exc:
             raise JobConflict(f"job {state.id} exists already") from exc
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise JobStoreError(f"job store unavailable: {exc!r}") from exc
-        return Versioned(state, revision)
+        except KvError as exc:
+            raise JobStoreError(f"job store: {exc}") from exc
 
-    async def update(self, state: JobState, revision: int) -> Versioned:
+    async def update(self, state: JobState, revision: int) -> Versioned[JobState]:
         """Replace the job's state if it is still at ``revision``."""
         try:
-            value = state.model_dump_json().encode()
-            new = await self.kv.update(str(state.id), value, last=revision)
-        except KeyWrongLastSequenceError as exc:
+            return await self.entries.update(str(state.id), state, revision)
+        except KvConflict as exc:
             raise JobConflict(f"job {state.id} changed since revision {revision}") from exc
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise JobStoreError(f"job store unavailable: {exc!r}") from exc
-        return Versioned(state, new)
+        except KvError as exc:
+            raise JobStoreError(f"job store: {exc}") from exc
 
-
-class KvLanes:
-    """The lanes bucket, bound once the broker is connected."""
-
-    def __init__(self) -> None:
-        self._lanes: Lanes | None = None
-
-    async def open(self, broker: NatsBroker) -> None:
-        """Bind to the bucket (created on first use) over the connected broker."""
-        self._lanes = Lanes(await lanes_bucket(broker))
-
-    @property
-    def lanes(self) -> Lanes:
-        """Return the bound lanes."""
-        if self._lanes is None:
-            raise JobStoreError("the lanes are not open yet")
-        return self._lanes
-
-    async def prune(self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]) -> JobLane:
-        """Drop the ended jobs of a lane and return what is left."""
-        return await self.lanes.prune(key, is_finished)
-
-    async def remove(self, key: str, job_id: UUID) -> JobLane:
-        """Drop a job from a lane."""
-        return await self.lanes.remove(key, job_id)
+    async def wait_ended(self, job_id: UUID, timeout: float) -> bool:
+        """Watch a job until it ends (or is gone); return False when ``timeout`` passed first."""
+        try:
+            latest = await self.entries.wait(
+                str(job_id), timeout, lambda state: state is None or state.finished
+            )
+        except KvError as exc:
+            raise JobStoreError(f"job store: {exc}") from exc
+        return latest is None or latest.value.finished

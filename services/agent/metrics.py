@@ -23,9 +23,9 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter
 
 from contracts.chat import JobState
-from services.agent.jobs import Versioned
 from services.agent.llm import ChatMessage, ToolCallDelta
 from services.agent.ports import LLM, JobStore
+from services.runtime.kv import Versioned
 from services.runtime.metrics import LLMMetrics
 from services.runtime.telemetry import Observability
 
@@ -44,8 +44,8 @@ class AgentMetrics:
         )
         self.redeliveries = Counter(
             "chatbus_agent_redeliveries",
-            "Job deliveries after the first: retries, waits for the session's turn, "
-            "jobs of a replica that stopped.",
+            "Job deliveries after the first: retries, long waits for the session's "
+            "turn, jobs of a replica that stopped.",
             registry=registry,
         )
         self.llm = observability.metrics.llm(model)
@@ -74,15 +74,19 @@ class ObservedJobStore:
         self.inner = inner
         self.ended = ended
 
-    async def get(self, job_id: UUID) -> Versioned | None:
+    async def get(self, job_id: UUID) -> Versioned[JobState] | None:
         """Return the job's state."""
         return await self.inner.get(job_id)
 
-    async def create(self, state: JobState) -> Versioned:
+    async def create(self, state: JobState) -> Versioned[JobState]:
         """Store a new job."""
         return await self.inner.create(state)
 
-    async def update(self, state: JobState, revision: int) -> Versioned:
+    async def wait_ended(self, job_id: UUID, timeout: float) -> bool:
+        """Watch a job until it ends."""
+        return await self.inner.wait_ended(job_id, timeout)
+
+    async def update(self, state: JobState, revision: int) -> Versioned[JobState]:
         """Replace the job's state; count it when it is final."""
         written = await self.inner.update(state, revision)
         if state.finished:

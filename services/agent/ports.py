@@ -1,35 +1,25 @@
 """The interfaces the job runner takes, so tests hand it fakes."""
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
-from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobLane, JobState
-from contracts.deadletter import DeadLetter
-from contracts.history import AppendMessage, ListMessages, MessageRecord, SearchMessages
+from contracts.chat import ChatDelta, JobState, ToolCalled, ToolReturned
+from contracts.history import AppendMessage, EndJob, ListMessages, MessageRecord, SearchMessages
 from contracts.memory import MemoryRecord, RecallMemories
-from services.agent.errors import Settle
-from services.agent.jobs import Versioned
 from services.agent.llm import ChatMessage, ToolCallDelta
-from services.runtime.bus import RequestMeta
+from services.runtime.kv import Versioned
+from services.runtime.meta import RequestMeta
 
 
 class JobStore(Protocol):
     """Job states with compare-and-set on their revision."""
 
-    async def get(self, job_id: UUID) -> Versioned | None: ...
-    async def create(self, state: JobState) -> Versioned: ...
-    async def update(self, state: JobState, revision: int) -> Versioned: ...
-
-
-class LaneStore(Protocol):
-    """Per-session and per-user lanes of unfinished jobs (``services.runtime.lanes.Lanes``)."""
-
-    async def prune(
-        self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]
-    ) -> JobLane: ...
-    async def remove(self, key: str, job_id: UUID) -> JobLane: ...
+    async def get(self, job_id: UUID) -> Versioned[JobState] | None: ...
+    async def create(self, state: JobState) -> Versioned[JobState]: ...
+    async def update(self, state: JobState, revision: int) -> Versioned[JobState]: ...
+    async def wait_ended(self, job_id: UUID, timeout: float) -> bool: ...
 
 
 class History(Protocol):
@@ -39,6 +29,7 @@ class History(Protocol):
         self, query: ListMessages, meta: RequestMeta
     ) -> list[MessageRecord]: ...
     async def append_message(self, command: AppendMessage, meta: RequestMeta) -> MessageRecord: ...
+    async def end_job(self, command: EndJob, meta: RequestMeta) -> None: ...
 
 
 class Memories(Protocol):
@@ -70,14 +61,13 @@ class LLM(Protocol):
 
 
 class Events(Protocol):
-    """Where deltas, outcomes and dead letters go."""
+    """Where a job's events go: one subject per job, stored and replayable."""
 
+    async def status(self, state: JobState, meta: RequestMeta) -> None: ...
     async def delta(self, delta: ChatDelta, meta: RequestMeta) -> None: ...
-    async def completed(self, event: ChatCompleted, meta: RequestMeta) -> None: ...
-    async def failed(self, event: ChatFailed, meta: RequestMeta) -> None: ...
-    async def dead_letter(
-        self, letter: DeadLetter, meta: RequestMeta, msg_id: str | None
-    ) -> None: ...
+    async def tool_called(self, event: ToolCalled, meta: RequestMeta) -> None: ...
+    async def tool_returned(self, event: ToolReturned, meta: RequestMeta) -> None: ...
+    async def final(self, state: JobState, meta: RequestMeta) -> None: ...
 
 
 class Delivery(Protocol):
@@ -93,15 +83,3 @@ class Delivery(Protocol):
     def num_delivered(self) -> int: ...
 
     async def in_progress(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """How to settle a delivery."""
-
-    settle: Settle
-    delay: float = 0.0
-
-
-ACK = Verdict(Settle.ACK)
-DROP = Verdict(Settle.DROP)

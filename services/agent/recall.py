@@ -4,7 +4,8 @@ from contracts import subjects
 from contracts.history import MessagePage, MessageRecord, SearchMessages
 from contracts.memory import MemoryPage, MemoryRecord, RecallMemories
 from services.agent.errors import HistoryError, RecallError
-from services.runtime.bus import BusClient, BusError, RequestMeta
+from services.runtime.bus import BusClient
+from services.runtime.meta import BusError, Refused, RequestMeta
 
 
 class BusMemory:
@@ -17,13 +18,9 @@ class BusMemory:
     async def recall(self, query: RecallMemories, meta: RequestMeta) -> list[MemoryRecord]:
         """Return the user's memories matching the query, newest first."""
         try:
-            page = await self.bus.request(
-                subjects.MEMORY_RECALL, query, MemoryPage, meta, timeout=self.timeout
-            )
-        except BusError as exc:
+            page = await self.bus.ask(subjects.MEMORY_RECALL, query, MemoryPage, meta, self.timeout)
+        except (BusError, Refused) as exc:
             raise RecallError(f"memory did not recall: {exc}") from exc
-        if page.error is not None:
-            raise RecallError(f"memory refused to recall: {page.error.message}")
         return list(page.items)
 
 
@@ -37,11 +34,9 @@ class BusSearch:
     async def search(self, query: SearchMessages, meta: RequestMeta) -> list[MessageRecord]:
         """Return the user's messages containing the query, newest first."""
         try:
-            page = await self.bus.request(
-                subjects.HISTORY_SEARCH, query, MessagePage, meta, timeout=self.timeout
+            page = await self.bus.ask(
+                subjects.HISTORY_SEARCH, query, MessagePage, meta, self.timeout
             )
-        except BusError as exc:
+        except (BusError, Refused) as exc:
             raise HistoryError(f"history did not search: {exc}") from exc
-        if page.error is not None:
-            raise HistoryError(f"history refused to search: {page.error.message}")
         return list(page.items)

@@ -1,4 +1,4 @@
-"""The agent's edges on the bus: the job consumer's config, cancel broadcasts and pings."""
+"""The agent's edges on the bus: the job consumer's config and pings."""
 
 import structlog
 from faststream.nats import NatsBroker
@@ -6,9 +6,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts import subjects
 from contracts.base import Pong
-from contracts.chat import CancelJob
 from services.agent.config import Settings
-from services.agent.service import JobRunner
 
 log = structlog.get_logger("chatbus.agent")
 
@@ -16,9 +14,9 @@ log = structlog.get_logger("chatbus.agent")
 def consumer_config(settings: Settings) -> ConsumerConfig:
     """Describe the durable pull consumer every replica shares.
 
-    Deliveries are not capped (``max_deliver=-1``): a job waiting for its turn in
-    its session is redelivered without counting an attempt; attempts are counted
-    in the job state and bounded by ``AGENT_MAX_ATTEMPTS``.
+    Deliveries are not capped (``max_deliver=-1``): a job that waited long for its
+    turn in its session is redelivered without counting an attempt; attempts are
+    counted in the job state and bounded by ``AGENT_MAX_ATTEMPTS``.
     """
     return ConsumerConfig(
         name=subjects.AGENT_DURABLE,
@@ -38,15 +36,8 @@ async def ensure_consumer(broker: NatsBroker, settings: Settings) -> None:
     await js.add_consumer(subjects.CHAT_JOBS_STREAM.name, consumer_config(settings))
 
 
-def register(broker: NatsBroker, runner: JobRunner, settings: Settings) -> None:
+def register(broker: NatsBroker, settings: Settings) -> None:
     """Attach the agent's core-NATS subscribers to the broker."""
-
-    # No queue group: every replica hears every cancel, and the one running the job stops it.
-    @broker.subscriber(subjects.CHAT_CANCEL)
-    async def on_cancel(command: CancelJob) -> None:
-        """Stop the job at once if it runs in this replica."""
-        if runner.cancel(command.job_id):
-            log.info("cancel received; job stopped", job_id=str(command.job_id))
 
     @broker.subscriber(subjects.AGENT_PING, queue=subjects.AGENT_QUEUE)
     async def on_ping() -> Pong:

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from services.agent.errors import ToolRoundsExceeded
 from services.agent.llm import ChatMessage, ToolCallDelta
@@ -66,6 +67,13 @@ class CallAccumulator:
         ]
 
 
+class ToolSink(Protocol):
+    """Where the loop reports each tool call as it starts and ends (the job's events)."""
+
+    async def called(self, call: ToolCall) -> None: ...
+    async def returned(self, call: ToolCall, result: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class LoopResult:
     """The reply text and the names of the tools that ran, in first-call order."""
@@ -81,6 +89,7 @@ async def run_tool_loop(
     ctx: ToolContext | None,
     rounds: int,
     on_text: TextSink,
+    on_tool: ToolSink | None = None,
 ) -> LoopResult:
     """Answer ``prompt``, running tools for the model between rounds; no tools without ``ctx``."""
     messages = list(prompt)
@@ -106,15 +115,24 @@ async def run_tool_loop(
         if round_ == rounds:
             raise ToolRoundsExceeded(rounds)
         used.update((call.name, None) for call in wanted if call.name in registry.tools)
-        results = await asyncio.gather(
-            *(registry.call(call.name, call.arguments, ctx) for call in wanted)
-        )
+        results = await asyncio.gather(*(_run(registry, call, ctx, on_tool) for call in wanted))
         messages.append(assistant_calls("".join(said), wanted))
         messages.extend(
             {"role": "tool", "tool_call_id": call.id, "content": result}
             for call, result in zip(wanted, results, strict=True)
         )
     raise AssertionError("unreachable: the last round returns or raises")
+
+
+async def _run(
+    registry: ToolRegistry, call: ToolCall, ctx: ToolContext, on_tool: ToolSink | None
+) -> str:
+    if on_tool is not None:
+        await on_tool.called(call)
+    result = await registry.call(call.name, call.arguments, ctx)
+    if on_tool is not None:
+        await on_tool.returned(call, result)
+    return result
 
 
 def assistant_calls(text: str, calls: Sequence[ToolCall]) -> ChatMessage:

@@ -27,7 +27,7 @@ from contracts.history import SearchMessages
 from contracts.memory import RecallMemories
 from services.agent.errors import AgentError
 from services.agent.ports import Lookups
-from services.runtime.bus import RequestMeta
+from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.agent.tools")
 A = TypeVar("A", bound=BaseModel)

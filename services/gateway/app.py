@@ -8,20 +8,14 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import Histogram
 
-from contracts.subjects import CHAT_JOBS_STREAM
+from contracts.subjects import JOB_EVENTS_STREAM
 from services.gateway.auth import TokenVerifier
 from services.gateway.bus import GatewayBus, NatsBus
 from services.gateway.config import Settings
 from services.gateway.errors import PROBLEM_JSON, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware
 from services.gateway.routes import docs, history, jobs, memories, messages, ops, sessions
-from services.runtime.bus import (
-    ensure_streams,
-    jobs_bucket,
-    lanes_bucket,
-    make_broker,
-    rate_bucket,
-)
+from services.runtime.bus import cancels_bucket, ensure_streams, jobs_bucket, make_broker
 from services.runtime.telemetry import Observability, Telemetry
 
 log = structlog.get_logger("chatbus.gateway")
@@ -42,12 +36,12 @@ def create_app(
         broker = make_broker(settings, "gateway", observability.broker_middlewares())
         await broker.start()
         try:
-            await ensure_streams(broker, (CHAT_JOBS_STREAM,))
-            kv = await jobs_bucket(broker)
-            lanes_kv = await lanes_bucket(broker)
-            rate_kv = await rate_bucket(broker)
+            await ensure_streams(broker, (JOB_EVENTS_STREAM,), settings)
             app.state.bus = NatsBus(
-                broker, kv, lanes_kv, settings.bus_request_timeout, rate_kv=rate_kv
+                broker,
+                await jobs_bucket(broker),
+                await cancels_bucket(broker),
+                settings.bus_request_timeout,
             )
             log.info("gateway connected", nats_url=settings.nats_url)
             yield

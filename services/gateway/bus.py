@@ -1,43 +1,51 @@
-"""The gateway's one I/O edge: request-reply, JetStream publish, and the job-state bucket.
+"""The gateway's one I/O edge: request-reply, the job bucket, cancel requests, job events.
 
 Routes and the service see only :class:`GatewayBus`, so component tests inject
 an in-memory stand-in. :class:`NatsBus` is the real thing; it raises the
-runtime's :class:`~services.runtime.bus.BusError` family for every failure.
+runtime's :class:`~services.runtime.meta.BusError` family for every failure.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 from uuid import UUID
 
 import nats.errors
-import nats.js.errors
 import structlog
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
-from pydantic import ValidationError
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
+from contracts import subjects
 from contracts.base import Contract, Reply
-from contracts.chat import JobLane, JobState
-from services.gateway.feed import JobFeed, follow_over_nats
-from services.gateway.ratelimit import RateDecision, RateError, SlidingWindow
-from services.runtime.bus import (
-    BusClient,
-    BusError,
-    BusProtocolError,
-    BusTimeout,
-    BusUnavailable,
-    RequestMeta,
-)
-from services.runtime.lanes import LaneError, LaneFull, Lanes
+from contracts.chat import CancelRequest, JobState
+from services.runtime.bus import BusClient
+from services.runtime.kv import Entries, KvConflict
+from services.runtime.meta import BusUnavailable, RequestMeta
 
 R = TypeVar("R", bound=Reply)
-T = TypeVar("T")
-WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed compare-and-set
 log = structlog.get_logger("chatbus.gateway.bus")
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event of a job as the JOB_EVENTS stream holds it."""
+
+    seq: int  # its position in the stream: the SSE event id
+    kind: str  # the last token of its subject: status, delta, tool_call, ..., completed
+    data: bytes
+
+
+class EventFeed(Protocol):
+    """A job's stored events, in order, from a position on; live ones as they come."""
+
+    async def next(self, timeout: float) -> StoredEvent | None:
+        """Return the next event, or None when ``timeout`` passes first."""
+        ...
 
 
 class GatewayBus(Protocol):
@@ -59,83 +67,41 @@ class GatewayBus(Protocol):
         """Send a request and return the validated reply."""
         ...
 
-    async def publish(
-        self,
-        subject: str,
-        body: Contract,
-        meta: RequestMeta,
-        *,
-        stream: str | None = None,
-        msg_id: str | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Publish a message; with ``stream``, wait until JetStream stored it."""
-        ...
-
-    async def get_job(self, job_id: UUID) -> tuple[JobState, int] | None:
-        """Return a job's state and revision, or None when there is no such job."""
+    async def get_job(self, job_id: UUID) -> JobState | None:
+        """Return a job's state, or None when there is no such job."""
         ...
 
     async def create_job(self, state: JobState) -> int | None:
         """Store a new job and return its revision, or None when the id is taken."""
         ...
 
-    async def update_job(self, state: JobState, revision: int) -> int | None:
-        """Replace a job's state if it is still at ``revision``; return the new revision."""
+    async def delete_job(self, job_id: UUID, revision: int) -> None:
+        """Delete a job no one else has seen (still at ``revision``)."""
         ...
 
-    async def delete_job(self, job_id: UUID, revision: int) -> bool:
-        """Delete a job if it is still at ``revision``; tell whether it was."""
-        ...
-
-    async def watch_job(self, job_id: UUID, timeout: float) -> JobState | None:
+    async def wait_job(self, job_id: UUID, timeout: float) -> JobState | None:
         """Wait until the job ends or ``timeout`` passes; return its latest state seen."""
         ...
 
-    def follow_job(self, job_id: UUID) -> AbstractAsyncContextManager[JobFeed]:
-        """Feed the job's deltas and every state written from now on, current one first."""
+    async def request_cancel(self, request: CancelRequest) -> None:
+        """Record that the user asked to stop a job (every agent watches these)."""
         ...
 
-    async def append_to_lane(self, key: str, job_id: UUID, limit: int | None = None) -> JobLane:
-        """Append a job to a lane; raise :class:`LaneFull` past ``limit``."""
-        ...
-
-    async def change_lane(self, key: str, edit: Callable[[JobLane], JobLane]) -> JobLane:
-        """Apply ``edit`` to a lane atomically; exceptions it raises pass through."""
-        ...
-
-    async def remove_from_lane(self, key: str, job_id: UUID) -> JobLane:
-        """Drop a job from a lane."""
-        ...
-
-    async def prune_lane(
-        self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]
-    ) -> JobLane:
-        """Drop the lane's entries whose job has ended or is gone."""
-        ...
-
-    async def take_rate(self, key: str, limit: int, window: float) -> RateDecision:
-        """Take a slot of the sliding window under ``key``, or tell when one frees."""
+    def follow_job(self, job_id: UUID, after: int) -> AbstractAsyncContextManager[EventFeed]:
+        """Feed the job's events stored after stream position ``after`` (0: all of them)."""
         ...
 
 
 class NatsBus:
-    """:class:`GatewayBus` over a connected broker and the job-state bucket."""
+    """:class:`GatewayBus` over a connected broker, the job bucket and the cancel bucket."""
 
     def __init__(
-        self,
-        broker: NatsBroker,
-        kv: KeyValue,
-        lanes_kv: KeyValue,
-        timeout: float,
-        *,
-        rate_kv: KeyValue | None = None,
+        self, broker: NatsBroker, jobs_kv: KeyValue, cancels_kv: KeyValue, timeout: float
     ) -> None:
         self.client = BusClient(broker, timeout)
         self.connection: Client = broker.connection
-        self.kv = kv
-        self.lanes = Lanes(lanes_kv)
-        self.rates = SlidingWindow(rate_kv) if rate_kv is not None else None
+        self.jobs = Entries(jobs_kv, JobState, timeout)
+        self.cancels = Entries(cancels_kv, CancelRequest, timeout)
         self.timeout = timeout
 
     @property
@@ -155,159 +121,91 @@ class NatsBus:
         self._require_connection()
         return await self.client.request(subject, body, reply_type, meta, timeout)
 
-    async def publish(
-        self,
-        subject: str,
-        body: Contract,
-        meta: RequestMeta,
-        *,
-        stream: str | None = None,
-        msg_id: str | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Publish a message; with ``stream``, wait until JetStream stored it."""
+    async def get_job(self, job_id: UUID) -> JobState | None:
+        """Return a job's state, or None when there is no such job."""
         self._require_connection()
-        await self.client.publish(
-            subject, body, meta, stream=stream, msg_id=msg_id, timeout=timeout
-        )
-
-    async def get_job(self, job_id: UUID) -> tuple[JobState, int] | None:
-        """Return a job's state and revision, or None when there is no such job."""
-        try:
-            entry = await self._kv(self.kv.get(str(job_id)))
-        except KeyNotFoundError:  # also raised for a deleted key
-            return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return _decode(entry.value), entry.revision
+        found = await self.jobs.get(str(job_id))
+        return None if found is None else found.value
 
     async def create_job(self, state: JobState) -> int | None:
         """Store a new job and return its revision, or None when the id is taken."""
-        try:
-            return await self._kv(self.kv.create(str(state.id), _encode(state)))
-        except KeyWrongLastSequenceError:
-            return None
-
-    async def update_job(self, state: JobState, revision: int) -> int | None:
-        """Replace a job's state if it is still at ``revision``; return the new revision."""
-        try:
-            return await self._kv(self.kv.update(str(state.id), _encode(state), last=revision))
-        except KeyWrongLastSequenceError:
-            return None
-
-    async def delete_job(self, job_id: UUID, revision: int) -> bool:
-        """Delete a job if it is still at ``revision``; tell whether it was."""
-        try:
-            await self._kv(self.kv.delete(str(job_id), last=revision))
-        except KeyWrongLastSequenceError:
-            return False
-        return True
-
-    def follow_job(self, job_id: UUID) -> AbstractAsyncContextManager[JobFeed]:
-        """Feed the job's deltas and every state written from now on, current one first."""
         self._require_connection()
-        return follow_over_nats(self.connection, self.kv, job_id, self.timeout)
-
-    async def append_to_lane(self, key: str, job_id: UUID, limit: int | None = None) -> JobLane:
-        """Append a job to a lane; raise :class:`LaneFull` past ``limit``."""
-        return await self._lane(self.lanes.append(key, job_id, limit))
-
-    async def change_lane(self, key: str, edit: Callable[[JobLane], JobLane]) -> JobLane:
-        """Apply ``edit`` to a lane atomically; exceptions it raises pass through."""
-        return await self._lane(self.lanes.change(key, edit))
-
-    async def remove_from_lane(self, key: str, job_id: UUID) -> JobLane:
-        """Drop a job from a lane."""
-        return await self._lane(self.lanes.remove(key, job_id))
-
-    async def prune_lane(
-        self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]
-    ) -> JobLane:
-        """Drop the lane's entries whose job has ended or is gone."""
-        return await self._lane(self.lanes.prune(key, is_finished))
-
-    async def take_rate(self, key: str, limit: int, window: float) -> RateDecision:
-        """Take a slot of the sliding window under ``key``; any failure of the store is a 503."""
-        if self.rates is None:
-            raise BusUnavailable("no rate bucket")
         try:
-            return await self._kv(self.rates.take(key, limit, window))
-        except (RateError, BusError) as exc:
-            raise BusUnavailable(f"rate limits unavailable: {exc}") from exc
+            return (await self.jobs.create(str(state.id), state)).revision
+        except KvConflict:
+            return None
 
-    async def watch_job(self, job_id: UUID, timeout: float) -> JobState | None:
+    async def delete_job(self, job_id: UUID, revision: int) -> None:
+        """Delete a job no one else has seen (still at ``revision``)."""
+        self._require_connection()
+        await self.jobs.delete(str(job_id), revision)
+
+    async def wait_job(self, job_id: UUID, timeout: float) -> JobState | None:
         """Wait until the job ends or ``timeout`` passes; return its latest state seen."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        latest: JobState | None = None
-        async with self._watcher(job_id) as watcher:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    entry = await watcher.updates(timeout=remaining)  # type: ignore[no-untyped-call]
-                except nats.errors.TimeoutError:
-                    break
-                # None marks the end of the initial values; deletes carry no state.
-                if entry is None or entry.value is None or entry.operation in (KV_DEL, KV_PURGE):
-                    continue
-                latest = _decode(entry.value)
-                if latest.finished:
-                    break
-        return latest
+        self._require_connection()
+        latest = await self.jobs.wait(
+            str(job_id), timeout, lambda state: state is not None and state.finished
+        )
+        return None if latest is None else latest.value
 
-    @asynccontextmanager
-    async def _watcher(self, job_id: UUID) -> AsyncIterator[KeyValue.KeyWatcher]:
-        watcher = await self._kv(self.kv.watch(str(job_id)))
-        try:
-            yield watcher
-        finally:
-            try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-            except nats.errors.Error as exc:
-                log.warning("job watcher did not stop cleanly", job_id=str(job_id), error=repr(exc))
+    async def request_cancel(self, request: CancelRequest) -> None:
+        """Record that the user asked to stop a job (every agent watches these)."""
+        self._require_connection()
+        await self.cancels.put(str(request.job_id), request)
+
+    def follow_job(self, job_id: UUID, after: int) -> AbstractAsyncContextManager[EventFeed]:
+        """Feed the job's events stored after stream position ``after`` (0: all of them)."""
+        self._require_connection()
+        return _follow(self.connection, job_id, after, self.timeout)
 
     def _require_connection(self) -> None:
         # While nats-py reconnects it buffers calls until they time out: refuse at once instead.
         if not self.connected:
             raise BusUnavailable("not connected to NATS")
 
-    async def _kv(self, call: Awaitable[T]) -> T:
-        """Await a bucket call within the bus timeout, translating NATS errors."""
+
+class _QueueFeed:
+    """Events pushed by the subscription's callback, read one at a time."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[StoredEvent] = asyncio.Queue()
+
+    async def put(self, msg: Msg) -> None:
+        kind = msg.subject.rsplit(".", 1)[-1]
+        self.items.put_nowait(StoredEvent(msg.metadata.sequence.stream, kind, msg.data))
+
+    async def next(self, timeout: float) -> StoredEvent | None:
         try:
-            self._require_connection()
-            async with asyncio.timeout(self.timeout):
-                return await call
-        except (KeyNotFoundError, KeyWrongLastSequenceError):
-            raise
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise KeyWrongLastSequenceError(description=exc.description) from exc
-            raise BusUnavailable(f"job bucket unavailable: {exc!r}") from exc
-        except (TimeoutError, nats.errors.TimeoutError) as exc:
-            if not self.connected:
-                raise BusUnavailable("lost the connection to NATS") from exc
-            raise BusTimeout(f"job bucket gave no answer within {self.timeout:.2f}s") from exc
-        except nats.errors.Error as exc:
-            raise BusUnavailable(f"job bucket unavailable: {exc!r}") from exc
-        finally:
-            if asyncio.iscoroutine(call):
-                call.close()  # never awaited when refused early: no "never awaited" warning
-
-    async def _lane(self, call: Awaitable[T]) -> T:
-        """Await a lanes call within the bus timeout; any failure of the store is a 503."""
-        try:
-            return await self._kv(call)
-        except LaneFull:
-            raise
-        except (LaneError, BusError) as exc:
-            raise BusUnavailable(f"lanes unavailable: {exc}") from exc
+            async with asyncio.timeout(timeout):
+                return await self.items.get()
+        except TimeoutError:
+            return None
 
 
-def _encode(state: JobState) -> bytes:
-    return state.model_dump_json().encode()
-
-
-def _decode(value: bytes) -> JobState:
+@asynccontextmanager
+async def _follow(
+    connection: Client, job_id: UUID, after: int, timeout: float
+) -> AsyncIterator[EventFeed]:
+    """Read a job's events with an ordered consumer (no acks; the server keeps them)."""
+    feed = _QueueFeed()
+    if after > 0:
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+        )
+    else:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     try:
-        return JobState.model_validate_json(value)
-    except ValidationError as exc:
-        raise BusProtocolError(f"bad job state in the bucket: {exc}") from exc
+        async with asyncio.timeout(timeout):
+            sub = await connection.jetstream().subscribe(
+                subjects.job_events(job_id), cb=feed.put, ordered_consumer=True,
+                stream=subjects.JOB_EVENTS_STREAM.name, config=config,
+            )
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BusUnavailable(f"could not follow the job's events: {exc!r}") from exc
+    try:
+        yield feed
+    finally:
+        try:
+            await sub.unsubscribe()
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("job event subscription did not end cleanly", error=repr(exc))

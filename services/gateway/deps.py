@@ -12,7 +12,7 @@ from services.gateway.bus import GatewayBus
 from services.gateway.config import Settings
 from services.gateway.errors import Unauthorized, request_id_of
 from services.gateway.service import Caller, GatewayService
-from services.runtime.bus import BusUnavailable
+from services.runtime.meta import BusUnavailable
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -54,6 +54,7 @@ def build_service(bus: GatewayBus, settings: Settings) -> GatewayService:
         timeout=settings.bus_request_timeout,
         max_content_bytes=settings.max_content_bytes,
         max_active_jobs=settings.max_active_jobs_per_user,
+        max_messages_per_minute=settings.max_messages_per_minute,
         cancel_wait=settings.cancel_wait_seconds,
     )
 

@@ -7,7 +7,7 @@ Errors the gateway raises itself::
      ├── NotFound           404: no such resource for this user
      ├── Conflict           409: the resource's state forbids the operation
      ├── ContentTooLarge    413: body or content over the configured limit
-     ├── TooManyJobs        429: the user has too many jobs queued or running
+     ├── TooManyRequests    429: too many jobs unfinished or messages this minute
      ├── Invalid            422: a service refused the input
      ├── Unavailable        503: a needed service cannot take the request now
      └── Internal           500: a service reported a bug
@@ -18,6 +18,7 @@ trace and answers a bare 500 (called by the request middleware).
 """
 
 import json
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -31,7 +32,7 @@ from starlette.routing import compile_path
 
 from contracts.base import BusError as ReplyError
 from contracts.base import ErrorCode
-from services.runtime.bus import BusError, BusProtocolError, BusTimeout
+from services.runtime.meta import BusError, BusProtocolError, BusTimeout
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = 2
@@ -76,11 +77,15 @@ class ContentTooLarge(GatewayError):
     code: ErrorCode = "invalid"
 
 
-class TooManyJobs(GatewayError):
-    """The user has as many unfinished jobs as allowed."""
+class TooManyRequests(GatewayError):
+    """The user has as many unfinished jobs, or sent as many messages this minute, as allowed."""
 
     status = 429
-    code: ErrorCode = "unavailable"
+    code: ErrorCode = "too_many_jobs"
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class Invalid(GatewayError):
@@ -118,6 +123,8 @@ _BY_CODE: dict[ErrorCode, type[GatewayError]] = {
 
 def from_reply(error: ReplyError) -> GatewayError:
     """Turn the error carried by a bus reply into the matching gateway error."""
+    if error.code in ("too_many_jobs", "rate_limited"):
+        return TooManyRequests(error.message, error.retry_after)
     return _BY_CODE[error.code](error.message)
 
 
@@ -162,9 +169,12 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
         errors = [{"loc": list(exc.loc), "msg": exc.detail, "type": "invalid"}]
     elif isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    elif isinstance(exc, TooManyJobs):
-        headers.update(retry_after(request))
-        log.info("too many unfinished jobs", detail=exc.detail)
+    elif isinstance(exc, TooManyRequests):
+        if exc.retry_after is None:
+            headers.update(retry_after(request))
+        else:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        log.info("over a per-user limit", detail=exc.detail)
     elif isinstance(exc, Unavailable):
         headers.update(retry_after(request))
         log.warning("service unavailable", detail=exc.detail)

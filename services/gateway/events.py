@@ -1,137 +1,132 @@
-"""The event stream of one job: its status, its reply as the model writes it, and its end.
+"""The event stream of one job, replayed from the JOB_EVENTS stream: ids are stream positions.
 
-Event ids, which clients send back as ``Last-Event-ID`` when they reconnect:
+- Without ``Last-Event-ID``: the job's current state first (id ``0``; the final
+  event at once when the job has ended), then the stored events of its current
+  attempt from their start, then live ones. Events of earlier attempts are left
+  out: the current state already says a new attempt began.
+- With ``Last-Event-ID: <n>``: exactly the events stored after position ``n``, in
+  order, from any gateway replica.
 
-- ``s<revision>`` on ``status`` and final events: the job-bucket revision of the state;
-- ``d<attempt>.<seq>`` on ``delta`` events: the attempt the piece belongs to and its
-  ``seq`` within that attempt (``seq`` restarts at 0 on every attempt).
-
-A stream always starts with the job's current state: a ``status`` event, or the
-final event at once when the job has ended. Deltas are live (core NATS, never
-stored), so a resumed stream never repeats one; ``d<attempt>.<seq>`` carries the
-attempt numbering over. A ``status`` event follows every change the client can
-see, in particular a retry (``attempts`` grows, deltas restart at seq 0).
+The stream ends after the final event. If the job's final state is in the bucket
+but no final event arrives (its events expired, or its publish is still being
+retried), the final state is sent from the bucket after a short wait.
 """
 
-import re
+import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal
-from uuid import UUID
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import structlog
+from pydantic import ValidationError
 
-from contracts.base import utcnow
-from contracts.chat import ChatDelta, JobState
-from services.gateway.jobs import Jobs, lease_expired
+from contracts.chat import ChatDelta, JobState, ToolCalled, ToolReturned
+from services.gateway.bus import GatewayBus, StoredEvent
 from services.gateway.schemas import JobRead
-from services.runtime.bus import BusError
+from services.runtime.meta import BusError
 
-EventName = Literal["status", "delta", "completed", "failed", "cancelled"]
-FINAL_EVENTS: dict[str, EventName] = {
-    "completed": "completed",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
+EventName = Literal[
+    "status", "delta", "tool_call", "tool_result", "completed", "failed", "cancelled"
+]
+FINAL_EVENTS: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 RESYNC_SECONDS = 15.0
-_DELTA_ID = re.compile(r"d(\d{1,9})\.(\d{1,12})")
+INTERNAL_FIELDS = {"job_id", "attempt", "schema_version"}  # not sent to clients
+ENDED_PATIENCE = 1.0  # how long to wait for the final event of a job the bucket says ended
 log = structlog.get_logger("chatbus.gateway.events")
 
 
 @dataclass(frozen=True)
 class JobEvent:
-    """One server-sent event: a job state (status and final events) or a piece of text."""
+    """One server-sent event: a job state (status and final events), or other data."""
 
     name: EventName
     id: str
     job: JobState | None = None
-    text: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_event_id(last_event_id: str | None) -> int | None:
+    """Return the stream position a client resumes after, or None for a fresh stream."""
+    if last_event_id is None:
+        return None
+    text = last_event_id.strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else None
 
 
 class JobEvents:
-    """Turn a job's feed into events, resuming after ``last_event_id`` when given."""
+    """Turn a job's stored events into server-sent events."""
 
     def __init__(
-        self, jobs: Jobs, job_id: UUID, last_event_id: str | None, resync: float = RESYNC_SECONDS
+        self, bus: GatewayBus, job: JobState, last_event_id: str | None,
+        resync: float = RESYNC_SECONDS,
     ) -> None:
-        self.jobs = jobs
-        self.job_id = job_id
+        self.bus = bus
+        self.job = job
+        self.after = parse_event_id(last_event_id)
         self.resync = resync
-        self.attempt, self.seq = 0, -1
-        if last_event_id and (found := _DELTA_ID.fullmatch(last_event_id)):
-            self.attempt, self.seq = int(found[1]), int(found[2])
-        self.sent_revision: int | None = None
+        self.attempt = job.attempts if self.after is None else 0
+        self.last_id = str(self.after or 0)
         self.sent_view: JobRead | None = None
-        self.latest: JobState | None = None
-        self.done = False
 
     async def stream(self) -> AsyncIterator[JobEvent]:
         """Yield events until the final one; end quietly if the bus goes away."""
+        if self.after is None:
+            yield self._state(self.job)
+            if self.job.finished:
+                return
+        patience = ENDED_PATIENCE if self.job.finished else self.resync
         try:
-            async with self.jobs.bus.follow_job(self.job_id) as feed:
-                early: list[ChatDelta] = []
-                while not self.done:
-                    item = await feed.next(self._patience())
-                    if item is None:
-                        # No news for a while: look at the bucket (lease ran out? missed write?).
-                        item = await self.jobs.bus.get_job(self.job_id)
-                        if item is None:
+            async with self.bus.follow_job(self.job.id, self.after or 0) as feed:
+                while True:
+                    stored = await feed.next(patience)
+                    if stored is None:
+                        latest = await self.bus.get_job(self.job.id)
+                        if latest is None:
                             return
-                    if isinstance(item, ChatDelta):
-                        if self.sent_revision is None:
-                            early.append(item)  # the current state goes out first
-                            continue
-                        for event in await self._delta(item):
-                            yield event
+                        if latest.finished:
+                            yield self._state(latest)
+                            return
                         continue
-                    if (status := await self._state(*item)) is not None:
-                        yield status
-                    while early and not self.done:
-                        for event in await self._delta(early.pop(0)):
-                            yield event
+                    event = self._event(stored)
+                    if event is not None:
+                        yield event
+                        if event.name in FINAL_EVENTS:
+                            return
         except BusError as exc:
             # Past the headers no status can be sent: end; the client reconnects and resumes.
-            log.warning("job event stream cut short", job_id=str(self.job_id), error=str(exc))
+            log.warning("job event stream cut short", job_id=str(self.job.id), error=str(exc))
 
-    async def _state(self, state: JobState, revision: int) -> JobEvent | None:
-        if lease_expired(state):
-            state, revision = await self.jobs.reconcile(state, revision)
-        if self.sent_revision is not None and revision <= self.sent_revision:
+    def _state(self, state: JobState) -> JobEvent:
+        name: EventName = state.status if state.status in FINAL_EVENTS else "status"  # type: ignore[assignment]
+        self.sent_view = JobRead.of(state)
+        return JobEvent(name, self.last_id, job=state)
+
+    def _event(self, stored: StoredEvent) -> JobEvent | None:
+        """Decode a stored event; None for one of an earlier attempt or a repeat of a status."""
+        self.last_id = str(stored.seq)
+        try:
+            if stored.kind == "status" or stored.kind in FINAL_EVENTS:
+                state = JobState.model_validate_json(stored.data)
+                if state.attempts < self.attempt:
+                    return None
+                view = JobRead.of(state)
+                if stored.kind == "status" and view == self.sent_view:
+                    return None
+                return self._state(state)
+            if stored.kind == "delta":
+                delta = ChatDelta.model_validate_json(stored.data)
+                if delta.attempt < self.attempt:
+                    return None
+                return JobEvent("delta", self.last_id, data={"text": delta.text})
+            if stored.kind in ("tool_call", "tool_result"):
+                model = ToolCalled if stored.kind == "tool_call" else ToolReturned
+                tool = model.model_validate_json(stored.data)
+                if tool.attempt < self.attempt:
+                    return None
+                data = json.loads(tool.model_dump_json(exclude=INTERNAL_FIELDS))
+                return JobEvent(stored.kind, self.last_id, data=data)  # type: ignore[arg-type]
+        except ValidationError:
+            log.warning("skipped a malformed job event", job_id=str(self.job.id), kind=stored.kind)
             return None
-        first = self.sent_revision is None
-        self.sent_revision, self.latest = revision, state
-        if state.attempts > self.attempt:
-            self.attempt, self.seq = state.attempts, -1
-        if state.finished:
-            self.done = True
-            return JobEvent(FINAL_EVENTS[state.status], f"s{revision}", job=state)
-        view = JobRead.of(state)
-        if not first and view == self.sent_view:
-            return None  # only the lease or the cancel flag moved: nothing the client sees
-        self.sent_view = view
-        return JobEvent("status", f"s{revision}", job=state)
-
-    async def _delta(self, delta: ChatDelta) -> list[JobEvent]:
-        events: list[JobEvent] = []
-        if self.attempt < 1 or delta.seq <= self.seq:
-            # The attempt's state has not reached us yet, or seq restarted: a retry began.
-            before = self.attempt
-            found = await self.jobs.bus.get_job(self.job_id)
-            if found is not None and (event := await self._state(*found)) is not None:
-                events.append(event)
-            if self.done:
-                return events
-            if self.attempt == before and delta.seq <= self.seq:
-                self.attempt, self.seq = self.attempt + 1, -1
-            self.attempt = max(self.attempt, 1)
-        self.seq = delta.seq
-        events.append(JobEvent("delta", f"d{self.attempt}.{delta.seq}", text=delta.text))
-        return events
-
-    def _patience(self) -> float:
-        """Return how long to wait for news: until a running job's lease runs out, at most."""
-        latest = self.latest
-        if latest is None or latest.status != "running" or latest.lease_expires_at is None:
-            return self.resync
-        left = (latest.lease_expires_at - utcnow()).total_seconds() + 0.1
-        return min(self.resync, max(0.1, left))
+        log.warning("skipped a job event of an unknown kind", kind=stored.kind)
+        return None

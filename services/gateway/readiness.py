@@ -6,7 +6,7 @@ import time
 from contracts import subjects
 from contracts.base import Ping, Pong
 from services.gateway.bus import GatewayBus
-from services.runtime.bus import BusError, BusTimeout, BusUnavailable, RequestMeta
+from services.runtime.meta import BusError, BusTimeout, BusUnavailable, RequestMeta
 
 READY_SERVICES = {
     "history": subjects.HISTORY_PING,

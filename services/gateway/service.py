@@ -11,8 +11,9 @@ import structlog
 
 from contracts import subjects
 from contracts.base import Contract, Reply, utcnow
-from contracts.chat import JobState, RequestChat
+from contracts.chat import JobState
 from contracts.history import (
+    Admission,
     AppendMessage,
     ArchiveSession,
     CreateSession,
@@ -24,6 +25,7 @@ from contracts.history import (
     ListSessions,
     MessagePage,
     MessageReply,
+    Multitask,
     SessionPage,
     SessionRecord,
     SessionReply,
@@ -31,10 +33,17 @@ from contracts.history import (
 )
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from services.gateway.bus import GatewayBus
-from services.gateway.errors import Conflict, ContentTooLarge, Invalid, NotFound, from_reply
+from services.gateway.errors import (
+    Conflict,
+    ContentTooLarge,
+    GatewayError,
+    Invalid,
+    NotFound,
+    from_reply,
+)
 from services.gateway.events import JobEvent, JobEvents
-from services.gateway.jobs import Jobs, Multitask, lease_expired
-from services.runtime.bus import BusError, BusProtocolError, BusTimeout, BusUnavailable, RequestMeta
+from services.gateway.jobs import Jobs
+from services.runtime.meta import BusError, BusProtocolError, RequestMeta
 
 R = TypeVar("R", bound=Reply)
 C = TypeVar("C", bound=Contract | str)
@@ -77,14 +86,15 @@ class GatewayService:
         timeout: float,
         max_content_bytes: int,
         max_active_jobs: int = 8,
+        max_messages_per_minute: int = 0,
         cancel_wait: float = 2.0,
     ) -> None:
         self.bus = bus
         self.timeout = timeout
         self.max_content_bytes = max_content_bytes
-        self.jobs = Jobs(
-            bus, timeout=timeout, max_active=max_active_jobs, cancel_wait=cancel_wait
-        )
+        self.max_active_jobs = max_active_jobs
+        self.max_messages_per_minute = max_messages_per_minute
+        self.jobs = Jobs(bus, cancel_wait=cancel_wait)
 
     async def create_session(
         self, caller: Caller, persona: str, title: str | None
@@ -121,11 +131,10 @@ class GatewayService:
         return self._own_session(_required(reply.session, subjects.HISTORY_SESSION_ARCHIVE), caller)
 
     async def delete_session(self, caller: Caller, session_id: UUID) -> None:
-        """Cancel the session's unfinished jobs, then delete it with its messages and memories."""
-        await self.get_session(caller, session_id)
-        await self.jobs.cancel_session(caller.user_id, session_id, self._meta(caller))
+        """Delete a session with its messages and memories; cancel its unfinished jobs."""
         body = DeleteSession(user_id=caller.user_id, session_id=session_id)
-        await self._ask(caller, subjects.HISTORY_SESSION_DELETE, body, DeleteReply)
+        reply = await self._ask(caller, subjects.HISTORY_SESSION_DELETE, body, DeleteReply)
+        await self.jobs.request_cancel(caller.user_id, list(reply.unfinished))
 
     async def list_feed(self, caller: Caller, limit: int, cursor: str | None) -> MessagePage:
         """Return a page of the caller's messages across all sessions, newest first."""
@@ -161,17 +170,16 @@ class GatewayService:
         return await self._page(caller, subjects.HISTORY_MESSAGE_LIST, body, MessagePage)
 
     async def get_job(self, caller: Caller, job_id: UUID) -> JobState:
-        """Return one of the caller's jobs, requeued if its worker is gone."""
-        state, _ = await self.jobs.load(caller.user_id, job_id)
-        return state
+        """Return one of the caller's jobs."""
+        return await self.jobs.load(caller.user_id, job_id)
 
     async def cancel_job(self, caller: Caller, job_id: UUID) -> JobState:
         """Cancel one of the caller's unfinished jobs and return its latest state."""
-        return await self.jobs.cancel(caller.user_id, job_id, self._meta(caller))
+        return await self.jobs.cancel(caller.user_id, job_id)
 
-    def job_events(self, job_id: UUID, last_event_id: str | None) -> AsyncIterator[JobEvent]:
+    def job_events(self, job: JobState, last_event_id: str | None) -> AsyncIterator[JobEvent]:
         """Stream a job's events (ownership is checked by :meth:`get_job` beforehand)."""
-        return JobEvents(self.jobs, job_id, last_event_id).stream()
+        return JobEvents(self.bus, job, last_event_id).stream()
 
     async def submit_message(
         self,
@@ -181,42 +189,26 @@ class GatewayService:
         idempotency_key: str | None,
         multitask: Multitask = "enqueue",
     ) -> Submission:
-        """Store the user's message and queue the job that answers it, at most once per key."""
+        """Create the job, then have history admit the message; at most once per key.
+
+        Two round trips: the job record, and history's append, which checks the
+        limits, names the job this one follows and queues the job in the same
+        transaction. A refused message leaves nothing behind.
+        """
         if len(content.encode()) > self.max_content_bytes:
             raise ContentTooLarge(f"content is over {self.max_content_bytes} bytes")
         job_id = job_id_for(caller.user_id, idempotency_key)
-        if idempotency_key is not None and (found := await self.bus.get_job(job_id)):
-            return Submission(self._owned(found[0], caller), created=False)
-        if multitask != "enqueue":
-            # These look at the session's other jobs: make sure it is the caller's first.
-            session = await self.get_session(caller, session_id)
-            if session.status != "active":
-                raise Conflict("the session is archived")
         job = JobState(
-            id=job_id,
-            user_id=caller.user_id,
-            session_id=session_id,
-            status="queued",
-            attempts=0,
+            id=job_id, user_id=caller.user_id, session_id=session_id, status="queued",
             created_at=utcnow(),
         )
         revision = await self.bus.create_job(job)
-        if revision is None:  # a concurrent request with the same key won the race
-            return Submission(await self.get_job(caller, job_id), created=False)
-        await self.jobs.admit(job, revision, multitask, self._meta(caller))
+        if revision is None:
+            return await self._repeat(caller, job, content, multitask)
         try:
-            await self._enqueue(caller, job, content)
-        except (NotFound, Conflict):
-            # History refused the message (no such session, or archived): nothing was
-            # stored or published, so the job disappears as if never asked for.
-            await self.jobs.release(job)
-            await self.jobs.discard(job, revision)
-            raise
-        except Exception as exc:
-            await self.jobs.fail(job, revision, exc)
-            await self.jobs.release(job)
-            if isinstance(exc, BusTimeout | BusUnavailable):
-                raise BusUnavailable(f"could not queue the job: {exc}") from exc
+            await self._admit(caller, job, revision, content, multitask)
+        except GatewayError:
+            await self._discard(job, revision)
             raise
         return Submission(job, created=True)
 
@@ -225,44 +217,52 @@ class GatewayService:
         if job.finished or seconds <= 0:
             return job
         try:
-            latest = await self.bus.watch_job(job.id, seconds) or job
-            if lease_expired(latest):
-                latest, _ = await self.jobs.load(job.user_id, job.id)
+            return await self.bus.wait_job(job.id, seconds) or job
         except BusError as exc:
             # The job is queued either way; the client can still poll it.
             log.warning("could not watch the job", job_id=str(job.id), error=str(exc))
             return job
-        return latest
 
-    async def _enqueue(self, caller: Caller, job: JobState, content: str) -> None:
-        """Store the user's message (history checks the session), then publish the job."""
+    async def _admit(
+        self, caller: Caller, job: JobState, revision: int, content: str, multitask: Multitask
+    ) -> None:
+        """Store the user's message; history queues the job in the same transaction."""
+        admission = Admission(
+            revision=revision, created_at=job.created_at, multitask=multitask,
+            max_active_jobs=self.max_active_jobs,
+            max_messages_per_minute=self.max_messages_per_minute,
+        )
         append = AppendMessage(
-            user_id=caller.user_id,
-            session_id=job.session_id,
-            job_id=job.id,
-            role="user",
-            content=content,
+            user_id=caller.user_id, session_id=job.session_id, job_id=job.id, role="user",
+            content=content, admission=admission,
         )
         reply = await self._ask(caller, subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
-        message = _required(reply.message, subjects.HISTORY_MESSAGE_APPEND)
-        persona = _required(reply.persona, subjects.HISTORY_MESSAGE_APPEND)
-        command = RequestChat(
-            job_id=job.id,
-            user_id=caller.user_id,
-            session_id=job.session_id,
-            persona=persona,
-            message_id=message.id,
-            content=content,
-            created_at=job.created_at,
-        )
-        await self.bus.publish(
-            subjects.CHAT_REQUESTED,
-            command,
-            self._meta(caller),
-            stream=subjects.CHAT_JOBS_STREAM.name,
-            msg_id=str(job.id),
-            timeout=self.timeout,
-        )
+        _required(reply.message, subjects.HISTORY_MESSAGE_APPEND)
+        if reply.interrupted:
+            await self.jobs.request_cancel(caller.user_id, list(reply.interrupted))
+
+    async def _repeat(
+        self, caller: Caller, job: JobState, content: str, multitask: Multitask
+    ) -> Submission:
+        """Answer a repeated idempotency key with its job, admitting it if the first try did not."""
+        found = await self.bus.get_job(job.id)
+        if found is None:
+            raise Conflict("a request with this Idempotency-Key is being refused; retry")
+        found = self._owned(found, caller)
+        if found.session_id != job.session_id:
+            raise Conflict("this Idempotency-Key was used for another session")
+        if found.status == "queued" and found.attempts == 0:
+            # The first request may have died before history stored the message: the
+            # append is idempotent, so sending it again admits the job at most once.
+            await self._admit(caller, found, 0, content, multitask)
+        return Submission(found, created=False)
+
+    async def _discard(self, job: JobState, revision: int) -> None:
+        """Delete a job history refused, so its key (an idempotency key) can be used again."""
+        try:
+            await self.bus.delete_job(job.id, revision)
+        except BusError as exc:
+            log.warning("could not discard a refused job", job_id=str(job.id), error=str(exc))
 
     async def _ask(self, caller: Caller, subject: str, body: Contract, reply_type: type[R]) -> R:
         reply = await self.bus.request(subject, body, reply_type, self._meta(caller), self.timeout)

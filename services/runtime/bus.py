@@ -21,11 +21,19 @@ from contracts import subjects
 from contracts.base import Contract, Reply
 from services.runtime.config import ServiceSettings
 from services.runtime.meta import (
+    BusError,
     BusProtocolError,
     BusTimeout,
     BusUnavailable,
+    Refused,
     RequestMeta,
 )
+
+# Domain modules import these from services.runtime.meta; older imports still find them here.
+__all__ = [
+    "BusClient", "BusError", "BusProtocolError", "BusTimeout", "BusUnavailable", "Refused",
+    "RequestMeta", "cancels_bucket", "ensure_streams", "jobs_bucket", "make_broker",
+]
 
 R = TypeVar("R", bound=Reply)
 log = structlog.get_logger("chatbus.bus")
@@ -68,14 +76,24 @@ def make_broker(
     )
 
 
-async def ensure_streams(broker: NatsBroker, specs: tuple[subjects.StreamSpec, ...]) -> None:
-    """Create the streams, or bring an existing one's config up to date."""
+async def ensure_streams(
+    broker: NatsBroker,
+    specs: tuple[subjects.StreamSpec, ...],
+    settings: ServiceSettings | None = None,
+) -> None:
+    """Create the streams, or bring an existing one's config up to date.
+
+    The JOB_EVENTS stream keeps ``settings.job_events_max_age`` when settings are given.
+    """
     js = broker.connection.jetstream()
     for spec in specs:
+        max_age = spec.max_age_seconds
+        if spec == subjects.JOB_EVENTS_STREAM and settings is not None:
+            max_age = settings.job_events_max_age
         config = StreamConfig(
             name=spec.name,
             subjects=list(spec.subjects),
-            max_age=spec.max_age_seconds,
+            max_age=max_age,
             duplicate_window=spec.duplicate_window_seconds,
             storage=StorageType.FILE,
         )
@@ -90,10 +108,20 @@ async def ensure_streams(broker: NatsBroker, specs: tuple[subjects.StreamSpec, .
         await js.update_stream(config)
 
 
+JOB_TTL_SECONDS = 7 * 86400
+
+
 async def jobs_bucket(broker: NatsBroker) -> KeyValue:
     """Return the job-state bucket, creating it on first use."""
     return await broker.key_value(
-        subjects.JOBS_BUCKET, history=5, ttl=7 * 86400, storage=StorageType.FILE
+        subjects.JOBS_BUCKET, history=1, ttl=JOB_TTL_SECONDS, storage=StorageType.FILE
+    )
+
+
+async def cancels_bucket(broker: NatsBroker) -> KeyValue:
+    """Return the bucket of cancel requests, creating it on first use."""
+    return await broker.key_value(
+        subjects.CANCELS_BUCKET, history=1, ttl=JOB_TTL_SECONDS, storage=StorageType.FILE
     )
 
 
@@ -138,6 +166,20 @@ class BusClient:
         except ValidationError as exc:
             raise BusProtocolError(f"bad answer on {subject}: {exc}") from exc
 
+    async def ask(
+        self,
+        subject: str,
+        body: Contract,
+        reply_type: type[R],
+        meta: RequestMeta,
+        timeout: float | None = None,
+    ) -> R:
+        """Send ``body`` and return the answer; raise :class:`Refused` when it is an error."""
+        reply = await self.request(subject, body, reply_type, meta, timeout)
+        if reply.error is not None:
+            raise Refused(subject, reply.error)
+        return reply
+
     async def publish(
         self,
         subject: str,
@@ -168,21 +210,3 @@ class BusClient:
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError) as exc:
             raise BusUnavailable(f"bus unavailable: {exc!r}") from exc
-
-
-async def lanes_bucket(broker: NatsBroker) -> KeyValue:
-    """Return the bucket of per-session and per-user unfinished-job lanes."""
-    return await broker.key_value(
-        subjects.LANES_BUCKET, history=1, ttl=7 * 86400, storage=StorageType.FILE
-    )
-
-
-async def rate_bucket(broker: NatsBroker) -> KeyValue:
-    """Return the bucket of per-user message rate windows, creating it on first use."""
-    # On file like the others: a memory bucket would be gone after a NATS restart.
-    return await broker.key_value(
-        subjects.RATE_BUCKET,
-        history=1,
-        ttl=subjects.RATE_BUCKET_TTL_SECONDS,
-        storage=StorageType.FILE,
-    )

@@ -26,6 +26,9 @@ class ServiceSettings(BaseSettings):
     instance: str = Field(default_factory=default_instance)
     # Serve Prometheus metrics on this port (none when unset).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # How long a job's deltas and tool events stay replayable (the JOB_EVENTS stream's max age);
+    # its final state stays in the job bucket as long as the job.
+    job_events_max_age: float = Field(default=3600.0, ge=60)
     # OTLP/HTTP collector base URL (``.../v1/traces`` is appended); tracing is off when unset.
     otel_exporter_otlp_endpoint: str | None = None
 

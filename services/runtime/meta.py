@@ -6,6 +6,7 @@ Errors raised by the bus clients::
      ├── BusUnavailable   no connection, or nobody serves the subject
      ├── BusTimeout       the deadline passed without an answer
      └── BusProtocolError the answer did not match the reply contract
+    Refused               the service answered with an error (``.error``: code and message)
 """
 
 import time
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from contracts import subjects
+from contracts.base import BusError as ErrorReply
 
 
 class BusError(Exception):
@@ -30,6 +32,15 @@ class BusTimeout(BusError):
 
 class BusProtocolError(BusError):
     """The answer did not match the reply contract."""
+
+
+class Refused(Exception):
+    """The service answered the request with an error instead of a result."""
+
+    def __init__(self, subject: str, error: ErrorReply) -> None:
+        super().__init__(f"{subject}: {error.code}: {error.message}")
+        self.subject = subject
+        self.error = error
 
 
 @dataclass(frozen=True)

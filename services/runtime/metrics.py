@@ -40,8 +40,8 @@ from contracts import subjects
 from contracts.base import Reply
 from contracts.deadletter import DeadLetter
 
-# Subjects published once per token: no per-message middleware work on them.
-HOT_PREFIXES = (f"{subjects.CHAT_DELTA_PREFIX}.",)
+# Job events (published per delta): no per-message middleware work on them.
+HOT_PREFIXES = (f"{subjects.CHAT_JOB_PREFIX}.",)
 DEADLETTER_PREFIX = f"{subjects.DEADLETTER_PREFIX}."
 BUS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)

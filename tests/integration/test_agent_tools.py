@@ -13,7 +13,7 @@ from contracts.base import utcnow
 from contracts.chat import JobState, RequestChat
 from contracts.history import MessagePage, SearchMessages
 from contracts.memory import MemoryPage, MemoryRecord, RecallMemories
-from services.runtime.bus import RequestMeta
+from services.runtime.meta import RequestMeta
 from tests.integration.test_agent_stack import Stack, StartAgent, start_agent
 
 pytestmark = pytest.mark.integration

@@ -14,12 +14,12 @@ import pytest
 from fastapi import FastAPI
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
+from services.gateway.ratelimit import SlidingWindow
 
 from contracts import subjects
 from contracts.history import MAX_PAGE
 from services.gateway.app import create_app
-from services.gateway.ratelimit import SlidingWindow
-from services.runtime.bus import BusUnavailable
+from services.runtime.meta import BusUnavailable
 from tests.integration.test_gateway_auth_jwks import serve
 from tests.integration.test_gateway_nats import responders
 from tests.unit.test_gateway_auth import Clock

@@ -40,9 +40,10 @@ from services.launcher.natsserver import NatsServer, free_port
 from services.memory.app import ObservedExtractor
 from services.memory.config import Settings as MemorySettings
 from services.memory.llm import OpenAIExtractor
-from services.runtime.bus import BusClient, RequestMeta, make_broker
+from services.runtime.bus import BusClient, make_broker
 from services.runtime.config import ServiceSettings
 from services.runtime.logging import configure_logging, spawn
+from services.runtime.meta import RequestMeta
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.telemetry import Observability, Telemetry
 from services.simllm.config import Settings as SimSettings

@@ -1,7 +1,7 @@
 """Deltas of a streaming reply: gathered per interval, nothing lost, in order."""
 
 from services.agent.generate import DeltaBuffer
-from services.runtime.bus import RequestMeta
+from services.runtime.meta import RequestMeta
 from tests.unit.test_agent_fakes import FakeEvents, make_request
 
 META = RequestMeta("req-deltas", "alice")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
+from services.runtime.lanes import Lanes
 
 from contracts.history import MessageRecord, SearchMessages
 from contracts.memory import MemoryRecord, RecallMemories
@@ -19,8 +20,7 @@ from services.agent.prompt import build_context, estimate_tokens, within_budget
 from services.agent.service import JobRunner
 from services.agent.toolloop import CallAccumulator, run_tool_loop
 from services.agent.tools import DEFAULT_TOOLS, ToolContext, ToolRegistry
-from services.runtime.bus import RequestMeta
-from services.runtime.lanes import Lanes
+from services.runtime.meta import RequestMeta
 from tests.unit.test_agent_fakes import (
     T0,
     FakeDelivery,

@@ -10,7 +10,7 @@ import structlog
 from contracts import subjects
 from contracts.base import BusError as ReplyError
 from contracts.history import SessionReply
-from services.runtime.bus import BusProtocolError, BusTimeout, BusUnavailable
+from services.runtime.meta import BusProtocolError, BusTimeout, BusUnavailable
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}

@@ -10,7 +10,7 @@ import httpx
 from contracts import subjects
 from contracts.base import utcnow
 from contracts.chat import CancelJob, JobState
-from services.runtime.bus import BusUnavailable
+from services.runtime.meta import BusUnavailable
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
 
 

@@ -9,7 +9,7 @@ import pytest
 from contracts import subjects
 from contracts.base import utcnow
 from contracts.chat import CancelJob, JobState
-from services.runtime.bus import BusTimeout
+from services.runtime.meta import BusTimeout
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
 
 MEMORY_FIELDS = {"id", "session_id", "persona", "content", "created_at"}

@@ -11,7 +11,7 @@ from contracts import subjects
 from contracts.base import Pong, utcnow
 from contracts.chat import JobLane, JobState, RequestChat
 from contracts.history import MessageRecord
-from services.runtime.bus import BusTimeout, BusUnavailable
+from services.runtime.meta import BusTimeout, BusUnavailable
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
 
 

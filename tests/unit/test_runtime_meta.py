@@ -1,7 +1,7 @@
 """RequestMeta travels in NATS headers and survives garbage in them."""
 
 from contracts import subjects
-from services.runtime.bus import RequestMeta
+from services.runtime.meta import RequestMeta
 
 
 def test_headers_round_trip() -> None:

@@ -17,17 +17,22 @@ READ_ERRORS = problems(401, 404, 422, 500, 503, 504)
 
 EVENTS_DOC = """Follow a job as `text/event-stream`.
 
-Events: `status` (data: Job) whenever what the client sees of the job changes (a retry
-shows as `attempts` growing), `delta` (data: `{"text": "..."}`) for each piece of the
-reply as the model writes it, then exactly one of `completed`, `failed`, `cancelled`
-(data: Job), after which the stream ends. The stream always starts with the current
-state; a stream opened after the job ended sends only the final event.
+Events: `status` (data: Job) when what the client sees of the job changes (a new
+attempt shows as `attempts` growing: the reply starts again), `delta` (data:
+`{"text": "..."}`) for each piece of the reply as the model writes it, `tool_call`
+(data: `{"call_id", "name", "arguments"}`) and `tool_result` (data: `{"call_id",
+"name", "result", "truncated"}`, the result cut to 2,000 characters) in order among
+the deltas, then exactly one of `completed`, `failed`, `cancelled` (data: Job), after
+which the stream ends.
 
-Event ids: `s<revision>` on status and final events (the job's revision in the job
-bucket), `d<attempt>.<seq>` on deltas. Reconnect with `Last-Event-ID` to resume: the
-current status (or the final event) comes first, and no delta already sent is repeated.
-Deltas published while no stream was open are not replayed: the final Job carries
-the whole reply. A `: ping` comment is sent every 15 s of silence."""
+Every event is stored (deltas and tool events for `JOB_EVENTS_MAX_AGE`, 1 h by
+default) and its id is its position in the job's event stream. Without
+`Last-Event-ID` the stream starts with the job's current state (id `0`) and then
+replays the current attempt's events from its start, so a late client gets the
+whole text so far; a stream opened after the job ended sends the final event at
+once. With `Last-Event-ID`, from any gateway replica, it replays exactly the
+events after that one, in order, nothing repeated. A `: ping` comment is sent
+every 15 s of silence."""
 
 
 async def owned_job(caller: CallerDep, service: ServiceDep, job_id: UUID) -> JobState:
@@ -56,7 +61,7 @@ async def job_events(
     ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Stream the job's status, its reply as it is written, and its end."""
-    async for event in service.job_events(job.id, last_event_id):
+    async for event in service.job_events(job, last_event_id):
         yield _sse(event)
 
 
@@ -74,4 +79,4 @@ async def cancel_job(caller: CallerDep, service: ServiceDep, job_id: UUID) -> Jo
 def _sse(event: JobEvent) -> ServerSentEvent:
     if event.job is not None:
         return ServerSentEvent(event=event.name, id=event.id, data=JobRead.of(event.job))
-    return ServerSentEvent(event=event.name, id=event.id, data={"text": event.text})
+    return ServerSentEvent(event=event.name, id=event.id, data=event.data)

@@ -5,10 +5,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response
 
-from contracts.history import MAX_PAGE
+from contracts.history import MAX_PAGE, Multitask
 from services.gateway.deps import CallerDep, ServiceDep, SettingsDep
-from services.gateway.jobs import Multitask
-from services.gateway.ratelimit import limit_messages
 from services.gateway.schemas import JobRead, MessageCreate, MessageRead, Page, problems
 
 router = APIRouter(prefix="/api/sessions/{session_id}/messages", tags=["messages"])
@@ -49,7 +47,6 @@ async def post_message(
     ] = None,
 ) -> JobRead:
     """Queue a chat job answering the message; 202 at once, or 200 if it ended within ``wait``."""
-    await limit_messages(service.bus, caller.user_id, settings.max_messages_per_minute)
     submission = await service.submit_message(
         caller, session_id, body.content, idempotency_key, multitask
     )
