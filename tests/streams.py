@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 async def stream_messages(js: JetStreamContext, stream: str, subject: str) -> list[RawStreamMsg]:
-    """Return every message ``stream`` holds on ``subject``, oldest first (none if no stream)."""
+    """Return every message ``stream`` holds on ``subject`` (a filter), oldest first."""
     try:
         state = (await js.stream_info(stream)).state
     except NotFoundError:
@@ -27,9 +27,20 @@ async def stream_messages(js: JetStreamContext, stream: str, subject: str) -> li
             msg = await js.get_msg(stream, seq)
         except NotFoundError:  # deleted, or past a limit
             continue
-        if msg.subject == subject:
+        if matches(subject, msg.subject):
             found.append(msg)
     return found
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """Tell whether a NATS subject matches a filter (``*`` one token, ``>`` the rest)."""
+    want, have = pattern.split("."), subject.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or (token != "*" and token != have[index]):
+            return False
+    return len(want) == len(have)
 
 
 async def stream_messages_at(nats_url: str, stream: str, subject: str) -> list[RawStreamMsg]:

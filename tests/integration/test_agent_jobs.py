@@ -1,14 +1,12 @@
 """The agent over real NATS, the simulated model over HTTP, and a stand-in for history."""
 
 import json
-import uuid
 
 import pytest
-from nats.aio.msg import Msg
 
 from contracts import subjects
 from contracts.base import Ping, Pong
-from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, RequestChat
+from contracts.chat import ChatDelta, JobState, RequestChat
 from contracts.deadletter import DeadLetter
 from tests.integration.test_agent_stack import StartAgent, eventually, start_agent
 
@@ -16,43 +14,32 @@ pytestmark = pytest.mark.integration
 __all__ = ["start_agent"]  # the fixture, imported for pytest
 
 
-async def test_job_completes_with_deltas_event_and_context(start_agent: StartAgent) -> None:
+async def test_job_completes_with_stored_events_and_context(start_agent: StartAgent) -> None:
     stack = await start_agent()
     first = await stack.submit("hello")
     assert (await stack.final_state(first.job_id)).status == "completed"
 
-    deltas: list[ChatDelta] = []
-
-    async def on_delta(msg: Msg) -> None:
-        deltas.append(ChatDelta.model_validate_json(msg.data))
-
-    async def streamed() -> str:
-        return "".join(d.text for d in sorted(deltas, key=lambda d: d.seq))
-
-    job_id = uuid.uuid4()
-    # Subscribe before the job is queued, as a client streaming the job would.
-    sub = await stack.nc.subscribe(subjects.chat_delta(str(job_id)), cb=on_delta)
-    await stack.nc.flush()
-    second = await stack.submit("again please", session_id=first.session_id, job_id=job_id)
+    second = await stack.submit("again please", session_id=first.session_id)
     state = await stack.final_state(second.job_id)
 
     expected = "Echo: again please (turn 2)"  # the first exchange reached the model
     assert state.status == "completed" and state.attempts == 1
     assert state.reply is not None and state.reply.content == expected
     assert state.reply.role == "assistant" and state.reply.job_id == second.job_id
-    await eventually(streamed, lambda text: text == expected)
-    await sub.unsubscribe()
-    assert {d.job_id for d in deltas} == {job_id}
-    assert [d.seq for d in sorted(deltas, key=lambda d: d.seq)] == list(range(len(deltas)))
-    # The outcome event follows the final state: wait for it rather than race it.
-    bodies = await eventually(
-        lambda: stack.stream_bodies("CHAT_EVENTS", subjects.CHAT_COMPLETED), lambda b: len(b) > 1
+    # Every event is stored on the job's own subject, in order: running, deltas, the end.
+    events = await eventually(
+        lambda: stack.events(second.job_id), lambda found: found[-1:][0][0] == "completed"
+        if found else False,
     )
-    completed = [ChatCompleted.model_validate_json(body) for body in bodies]
-    assert [(c.job_id, c.reply.content) for c in completed] == [
-        (first.job_id, "Echo: hello (turn 1)"),
-        (second.job_id, expected),
-    ]
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "status" and kinds[-1] == "completed"
+    assert set(kinds[1:-1]) == {"delta"}
+    assert JobState.model_validate_json(events[0][1]).status == "running"
+    text = "".join(ChatDelta.model_validate_json(body).text for _, body in events[1:-1])
+    assert text == expected
+    final = JobState.model_validate_json(events[-1][1])
+    assert final.reply is not None and final.reply.content == expected
+    assert stack.history.ended == []  # a completed job ends by its reply, no extra request
     pong = Pong.model_validate_json(
         (await stack.nc.request(subjects.AGENT_PING, Ping().model_dump_json().encode(), 5)).data
     )
@@ -69,9 +56,12 @@ async def test_model_errors_fail_the_job_after_max_attempts(start_agent: StartAg
     assert state.error is not None and state.error.code == "max_attempts"
     assert await stack.llm_requests("explode [sim:error]") == 2
     [failed] = await eventually(
-        lambda: stack.stream_bodies("CHAT_EVENTS", subjects.CHAT_FAILED), bool
+        lambda: stack.stream_bodies(
+            "JOB_EVENTS", subjects.job_event(request.job_id, "failed")
+        ), bool,
     )
-    assert ChatFailed.model_validate_json(failed).attempts == 2
+    assert JobState.model_validate_json(failed).attempts == 2
+    assert stack.history.ended == [request.job_id]
     letters = await eventually(
         lambda: stack.stream_bodies("DEADLETTER", subjects.deadletter("agent")), bool
     )
@@ -112,4 +102,5 @@ async def test_completed_job_published_again_is_not_run_again(start_agent: Start
     )
     assert consumer.config.ack_wait == 5 and consumer.config.max_deliver == -1
     assert (await stack.state(request.job_id)).status == "completed"
-    assert len(await stack.stream_bodies("CHAT_EVENTS", subjects.CHAT_COMPLETED)) == 1
+    completed = subjects.job_event(request.job_id, "completed")
+    assert len(await stack.stream_bodies("JOB_EVENTS", completed)) == 1

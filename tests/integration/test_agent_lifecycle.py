@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts import subjects
-from contracts.chat import CancelJob, JobState
+from services.agent.app import create_app
 from tests.integration.test_agent_stack import Stack, StartAgent, eventually, start_agent
 
 pytestmark = pytest.mark.integration
@@ -22,7 +21,7 @@ async def test_jobs_of_one_session_run_in_order_with_the_earlier_reply(
 ) -> None:
     stack = await start_agent()
     first = await stack.submit("first [sim:slow=1]")
-    second = await stack.submit("second", session_id=first.session_id)
+    second = await stack.submit("second", session_id=first.session_id, follows=first.job_id)
 
     done_first = await stack.final_state(first.job_id)
     done_second = await stack.final_state(second.job_id)
@@ -36,8 +35,21 @@ async def test_jobs_of_one_session_run_in_order_with_the_earlier_reply(
     ]
     assert done_second.reply is not None
     assert done_second.reply.content == "Echo: second (turn 2)"
-    assert await stack.lane(subjects.session_lane(first.session_id)) == ()
-    assert await stack.lane(subjects.user_lane("u1")) == ()
+
+
+async def test_a_cancelled_earlier_job_lets_the_next_one_start(start_agent: StartAgent) -> None:
+    stack = await start_agent()
+    first = await stack.submit("first [sim:slow=30]")
+    second = await stack.submit("second", session_id=first.session_id, follows=first.job_id)
+    await eventually(lambda: stack.state(first.job_id), lambda s: s.status == "running")
+    assert (await stack.state(second.job_id)).status == "queued"  # waiting, not polling
+
+    await stack.cancel(first.job_id)
+
+    assert (await stack.final_state(first.job_id, timeout=10)).status == "cancelled"
+    done = await stack.final_state(second.job_id, timeout=10)
+    assert done.status == "completed" and done.attempts == 1
+    assert stack.history.ended == [first.job_id]
 
 
 async def test_jobs_of_different_sessions_run_side_by_side(start_agent: StartAgent) -> None:
@@ -57,15 +69,7 @@ async def test_cancel_stops_a_running_job_and_closes_its_stream(start_agent: Sta
     request = await stack.submit("cancel me [sim:slow=30]")
     await eventually(lambda: stack.state(request.job_id), lambda s: s.status == "running")
 
-    # What the gateway does: flag the job by compare-and-set, then broadcast the cancel.
-    entry = await stack.kv.get(str(request.job_id))
-    assert entry.value is not None and entry.revision is not None
-    flagged = JobState.model_validate_json(entry.value).model_copy(
-        update={"cancel_requested": True}
-    )
-    await stack.kv.update(str(request.job_id), flagged.model_dump_json().encode(), entry.revision)
-    cancel = CancelJob(job_id=request.job_id, user_id="u1")
-    await stack.nc.publish(subjects.CHAT_CANCEL, cancel.model_dump_json().encode())
+    await stack.cancel(request.job_id)
 
     state = await stack.final_state(request.job_id, timeout=10)
 
@@ -73,8 +77,22 @@ async def test_cancel_stops_a_running_job_and_closes_its_stream(start_agent: Sta
     assert stack.history.replies(request.job_id) == []
     aborted = await eventually(lambda: stack.sim_seen(), lambda seen: bool(seen["aborted"]))
     assert aborted["aborted"] == ["cancel me [sim:slow=30]"]
-    assert await stack.lane(subjects.session_lane(request.session_id)) == ()
     await eventually(stack.consumer_idle, bool)  # the delivery was acked
+
+
+async def test_a_job_cancelled_before_its_delivery_never_runs(start_agent: StartAgent) -> None:
+    stack = await start_agent(in_process=False)  # no agent yet: the job waits in the stream
+    request = await stack.submit("never run me")
+    await stack.cancel(request.job_id)
+    app = create_app(stack.settings)
+    await app.start()
+    try:
+        state = await stack.final_state(request.job_id)
+    finally:
+        await app.stop()
+
+    assert state.status == "cancelled" and state.attempts == 0
+    assert await stack.llm_requests("never run me") == 0
 
 
 Process = asyncio.subprocess.Process

@@ -18,13 +18,14 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from services.runtime.lanes import Lanes
 
 from contracts import subjects
 from contracts.base import utcnow
-from contracts.chat import JobState, RequestChat
+from contracts.chat import CancelRequest, JobState, RequestChat
 from contracts.history import (
     AppendMessage,
+    EndJob,
+    JobEnded,
     ListMessages,
     MessagePage,
     MessageRecord,
@@ -34,7 +35,7 @@ from contracts.history import (
 from services.agent.app import STREAMS, create_app
 from services.agent.config import Settings
 from services.launcher.natsserver import free_port
-from services.runtime.bus import ensure_streams, jobs_bucket, lanes_bucket
+from services.runtime.bus import cancels_bucket, ensure_streams, jobs_bucket
 from services.runtime.meta import RequestMeta
 from services.simllm import model
 from services.simllm.config import Settings as SimSettings
@@ -60,6 +61,7 @@ class HistoryStandIn:
     """Answers history's message subjects from a dict, like the real service would."""
 
     messages: dict[UUID, list[MessageRecord]] = field(default_factory=dict)
+    ended: list[UUID] = field(default_factory=list)  # jobs history was told ended without a reply
 
     def add(
         self, session_id: UUID, user_id: str, role: Role, content: str, job_id: UUID
@@ -93,39 +95,61 @@ class HistoryStandIn:
             )
             return MessageReply(message=record, created=True)
 
+        @broker.subscriber(subjects.HISTORY_JOB_END, queue=subjects.HISTORY_QUEUE)
+        async def end_job(command: EndJob) -> JobEnded:
+            self.ended.append(command.job_id)
+            return JobEnded(known=True)
+
 
 @dataclass
 class Stack:
     nc: Client
     js: JetStreamContext
     kv: KeyValue
-    lanes: Lanes
+    cancels: KeyValue
     history: HistoryStandIn
     sim_url: str
     settings: Settings
 
     async def submit(
-        self, content: str, session_id: UUID | None = None, job_id: UUID | None = None
+        self,
+        content: str,
+        session_id: UUID | None = None,
+        job_id: UUID | None = None,
+        follows: UUID | None = None,
+        user: str = "u1",
     ) -> RequestChat:
-        """Do what the gateway does: user message, queued job, both lanes, then publish."""
+        """Do what the gateway and history do: the job record, the user message, the job."""
         job_id, session_id = job_id or uuid.uuid4(), session_id or uuid.uuid4()
-        user = self.history.add(session_id, "u1", "user", content, job_id)
-        request = RequestChat(
-            job_id=job_id, user_id="u1", session_id=session_id, persona="friend",
-            message_id=user.id, content=content, created_at=utcnow(),
-        )
+        created_at = utcnow()
         state = JobState(
-            id=job_id, user_id="u1", session_id=session_id, status="queued",
-            created_at=request.created_at,
+            id=job_id, user_id=user, session_id=session_id, status="queued",
+            created_at=created_at,
         )
-        await self.kv.create(str(job_id), state.model_dump_json().encode())
-        await self.lanes.append(subjects.user_lane("u1"), job_id)
-        await self.lanes.append(subjects.session_lane(session_id), job_id)
-        await self.publish(request.model_dump_json().encode(), msg_id=str(job_id))
+        revision = await self.kv.create(str(job_id), state.model_dump_json().encode())
+        message = self.history.add(session_id, user, "user", content, job_id)
+        request = RequestChat(
+            job_id=job_id, user_id=user, session_id=session_id, persona="friend",
+            message_id=message.id, content=content, created_at=created_at, follows=follows,
+            revision=revision,
+        )
+        await self.publish(request.model_dump_json().encode(), msg_id=str(job_id), user=user)
         return request
 
-    async def publish(self, body: bytes, msg_id: str | None = None) -> None:
-        headers = RequestMeta(request_id="req-it", user_id="u1").headers()
+    async def cancel(self, job_id: UUID) -> None:
+        """Do what the gateway does for a cancel: a request in the cancel bucket."""
+        body = CancelRequest(job_id=job_id, user_id="u1", requested_at=utcnow())
+        await self.cancels.put(str(job_id), body.model_dump_json().encode())
+
+    async def events(self, job_id: UUID) -> list[tuple[str, bytes]]:
+        """Return the job's stored events as (kind, body), oldest first."""
+        found = await stream_messages(
+            self.js, subjects.JOB_EVENTS_STREAM.name, subjects.job_events(job_id)
+        )
+        return [(m.subject.rsplit(".", 1)[-1], m.data) for m in found]
+
+    async def publish(self, body: bytes, msg_id: str | None = None, user: str = "u1") -> None:
+        headers = RequestMeta(request_id="req-it", user_id=user).headers()
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         await self.js.publish(
@@ -139,9 +163,6 @@ class Stack:
 
     async def final_state(self, job_id: UUID, timeout: float = DEADLINE) -> JobState:
         return await eventually(lambda: self.state(job_id), lambda s: s.finished, timeout)
-
-    async def lane(self, key: str) -> tuple[UUID, ...]:
-        return (await self.lanes.read(key))[0].jobs
 
     async def stream_bodies(self, stream: str, subject: str) -> list[bytes]:
         """Return the bodies stored in a stream under one subject, oldest first."""
@@ -197,11 +218,11 @@ async def start_agent(clean_nats: str) -> AsyncIterator[StartAgent]:
             stack.push_async_callback(history_broker.stop)
             await ensure_streams(history_broker, STREAMS)
             kv = await jobs_bucket(history_broker)
-            lanes = Lanes(await lanes_bucket(history_broker))
+            cancels = await cancels_bucket(history_broker)
             values: dict[str, Any] = {
                 "nats_url": clean_nats, "openai_base_url": sim_url, "llm_max_retries": 0,
                 "llm_timeout": 10, "agent_concurrency": 8, "agent_ack_wait": 5,
-                "agent_retry_delay": 0.1, "agent_order_poll": 0.05, "instance": "it-agent",
+                "agent_retry_delay": 0.1, "instance": "it-agent",
             }
             settings = Settings(**(values | overrides))
             if in_process:
@@ -210,6 +231,6 @@ async def start_agent(clean_nats: str) -> AsyncIterator[StartAgent]:
                 stack.push_async_callback(app.stop)
             nc = await nats.connect(clean_nats)
             stack.push_async_callback(nc.close)
-            return Stack(nc, nc.jetstream(), kv, lanes, history, sim_url, settings)
+            return Stack(nc, nc.jetstream(), kv, cancels, history, sim_url, settings)
 
         yield start

@@ -1,5 +1,6 @@
 """The agent's tools end to end on the bus: real NATS, the simulated model, memory stand-ins."""
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -10,10 +11,8 @@ from faststream.nats import NatsBroker
 
 from contracts import subjects
 from contracts.base import utcnow
-from contracts.chat import JobState, RequestChat
 from contracts.history import MessagePage, SearchMessages
 from contracts.memory import MemoryPage, MemoryRecord, RecallMemories
-from services.runtime.meta import RequestMeta
 from tests.integration.test_agent_stack import Stack, StartAgent, start_agent
 
 pytestmark = pytest.mark.integration
@@ -74,26 +73,8 @@ async def tooled(start_agent: StartAgent) -> AsyncIterator[tuple[Stack, Lookups]
 
 
 async def submit(stack: Stack, user: str, content: str) -> UUID:
-    """Queue a job of ``user`` as the gateway does."""
-    job_id, session_id = uuid.uuid4(), uuid.uuid4()
-    message = stack.history.add(session_id, user, "user", content, job_id)
-    request = RequestChat(
-        job_id=job_id, user_id=user, session_id=session_id, persona="friend",
-        message_id=message.id, content=content, created_at=utcnow(),
-    )
-    state = JobState(
-        id=job_id, user_id=user, session_id=session_id, status="queued",
-        created_at=request.created_at,
-    )
-    await stack.kv.create(str(job_id), state.model_dump_json().encode())
-    await stack.lanes.append(subjects.user_lane(user), job_id)
-    await stack.lanes.append(subjects.session_lane(session_id), job_id)
-    await stack.js.publish(
-        subjects.CHAT_REQUESTED, request.model_dump_json().encode(),
-        stream=subjects.CHAT_JOBS_STREAM.name,
-        headers={**RequestMeta(user_id=user).headers(), "Nats-Msg-Id": str(job_id)},
-    )
-    return job_id
+    """Queue a job of ``user`` as the gateway and history do."""
+    return (await stack.submit(content, user=user)).job_id
 
 
 async def test_recall_runs_the_tool_and_the_reply_carries_the_memory(
@@ -120,6 +101,16 @@ async def test_recall_runs_the_tool_and_the_reply_carries_the_memory(
     assert [(q.user_id, q.persona, q.query) for q in lookups.recalls] == [
         ("u1", "friend", None), ("u1", "friend", "peanuts"),
     ]
+    events = await stack.events(state.id)
+    tool_events = [(kind, json.loads(body)) for kind, body in events if kind.startswith("tool")]
+    assert [(kind, body["name"]) for kind, body in tool_events] == [
+        ("tool_call", "recall_memories"), ("tool_result", "recall_memories"),
+    ]
+    assert json.loads(tool_events[0][1]["arguments"]) == {"query": "peanuts"}
+    assert tool_events[1][1]["result"] == f"- {PEANUTS}"
+    assert tool_events[0][1]["call_id"] == tool_events[1][1]["call_id"]
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("tool_call") < kinds.index("tool_result") < len(kinds) - 1
 
 
 async def test_search_history_tool_searches_the_users_messages(
