@@ -55,6 +55,9 @@ class KvJobStore:
 
     async def wait_ended(self, job_id: UUID, timeout: float) -> bool:
         """Watch a job until it ends (or is gone); return False when ``timeout`` passed first."""
+        found = await self.get(job_id)  # one round trip when it has ended already
+        if found is None or found.value.finished:
+            return True
         try:
             latest = await self.entries.wait(
                 str(job_id), timeout, lambda state: state is None or state.finished

@@ -7,15 +7,16 @@ Errors (all :class:`~services.runtime.meta.BusError`, so callers map them once):
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from services.runtime.meta import BusError
@@ -80,44 +81,40 @@ class Entries(Generic[M]):
     async def wait(
         self, key: str, timeout: float, until: Callable[[M | None], bool]
     ) -> Versioned[M] | None:
-        """Watch ``key`` until ``until(value)`` holds or ``timeout`` passes; return the latest.
+        """Follow ``key`` until ``until(value)`` holds or ``timeout`` passes; return the latest.
 
-        The current value comes first; a deleted key reads as None and ends the wait
-        when ``until(None)`` holds.
+        One round trip: an ordered consumer on the key's subject, from its current value
+        on (nothing comes for a key never written). A deleted key reads as None.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        latest: Versioned[M] | None = None
-        async with self._watch(key) as watcher:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    entry = await watcher.updates(timeout=remaining)  # type: ignore[no-untyped-call]
-                except (TimeoutError, nats.errors.TimeoutError):
-                    break
-                if entry is None:  # the end of the initial values
-                    if latest is None and until(None):
-                        return None
-                    continue
-                if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
-                    latest = None
-                    if until(None):
-                        return None
-                    continue
-                latest = Versioned(self._decode(entry.value), entry.revision or 0)
-                if until(latest.value):
-                    break
-        return latest
+        changes: asyncio.Queue[Msg] = asyncio.Queue()
+        bucket = self.kv._name
 
-    @asynccontextmanager
-    async def _watch(self, key: str) -> AsyncIterator[KeyValue.KeyWatcher]:
-        watcher = await self._call(self.kv.watch(key))
+        async def collect(msg: Msg) -> None:
+            changes.put_nowait(msg)
+
+        sub = await self._call(self.kv._js.subscribe(
+            f"$KV.{bucket}.{key}", cb=collect, ordered_consumer=True, stream=f"KV_{bucket}",
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+        ))
+        latest: Versioned[M] | None = None
         try:
-            yield watcher
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await changes.get()
+                    deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+                    if deleted or not msg.data:
+                        latest = None
+                    else:
+                        latest = Versioned(self._decode(msg.data), msg.metadata.sequence.stream)
+                    if until(None if latest is None else latest.value):
+                        return latest
+        except TimeoutError:
+            return latest
         finally:
             try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                await sub.unsubscribe()
             except (nats.errors.Error, TimeoutError):
-                pass  # the watch's subscription goes with the connection anyway
+                pass  # the ordered consumer goes away by itself when inactive
 
     def _decode(self, value: bytes) -> M:
         try:
