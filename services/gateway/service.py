@@ -43,7 +43,7 @@ from services.gateway.errors import (
 )
 from services.gateway.events import JobEvent, JobEvents
 from services.gateway.jobs import Jobs
-from services.runtime.meta import BusError, BusProtocolError, RequestMeta
+from services.runtime.meta import BusError, BusProtocolError, BusUnavailable, RequestMeta
 
 R = TypeVar("R", bound=Reply)
 C = TypeVar("C", bound=Contract | str)
@@ -207,7 +207,9 @@ class GatewayService:
             return await self._repeat(caller, job, content, multitask)
         try:
             await self._admit(caller, job, revision, content, multitask)
-        except GatewayError:
+        except (GatewayError, BusUnavailable):
+            # Refused, or no history answered at all: nothing was stored. (After a timeout
+            # history may have stored it and queued the job: the record stays for it.)
             await self._discard(job, revision)
             raise
         return Submission(job, created=True)
