@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from faststream import FastStream
 from fastapi import FastAPI
+from faststream import FastStream
 from nats.aio.client import Client
 
 from services.agent.app import create_app as create_agent
@@ -86,6 +86,8 @@ class JobStack:
     counters: dict[str, SentCounter]
     agent: FastStream
     sim_url: str
+    nats_url: str
+    history: HistorySettings
 
     def token(self, user: str) -> dict[str, str]:
         """Return the Authorization header of a token for ``user``."""
@@ -118,8 +120,14 @@ async def job_stack(
     tokens_per_second: float = 0,
     agent: dict[str, Any] | None = None,
     gateway: dict[str, Any] | None = None,
+    with_agent: bool = True,
+    with_history: bool = True,
 ) -> AsyncIterator[JobStack]:
-    """Start the stack; ``agent`` and ``gateway`` override those services' settings."""
+    """Start the stack; ``agent`` and ``gateway`` override those services' settings.
+
+    Without the agent, a test plays it by hand; without history, the gateways find
+    nobody to admit messages.
+    """
     server = NatsServer(tmp_path / "nats")
     server.start()
     async with AsyncExitStack() as stack:
@@ -145,12 +153,14 @@ async def job_stack(
             "llm_max_retries": 0, "agent_concurrency": 100, "agent_ack_wait": 10,
             "instance": "jp-agent", **(agent or {}),
         })
-        await stack.enter_async_context(create_history(history))
+        if with_history:
+            await stack.enter_async_context(create_history(history))
         await stack.enter_async_context(create_memory(memory))
         agent_app = create_agent(agent_settings)
-        await stack.enter_async_context(agent_app)
         counters = {"agent": SentCounter()}
-        counters["agent"].attach(agent_app.broker.connection)  # type: ignore[union-attr]
+        if with_agent:
+            await stack.enter_async_context(agent_app)
+            counters["agent"].attach(agent_app.broker.connection)  # type: ignore[union-attr]
         urls = []
         for index in range(2):
             app = create_gateway(GatewaySettings(**{
@@ -160,6 +170,6 @@ async def job_stack(
             urls.append(await stack.enter_async_context(serving(app)))
             counter = counters[f"gateway-{index}"] = SentCounter()
             counter.attach(app.state.bus.connection)
-        yield JobStack(urls, counters, agent_app, sim_url)
+        yield JobStack(urls, counters, agent_app, sim_url, url, history)
 
 
