@@ -48,7 +48,7 @@ def test_ack_pending_must_leave_room_for_the_workers() -> None:
 
 def test_new_knobs_have_their_documented_defaults() -> None:
     settings = Settings(openai_base_url="http://x/v1")
-    assert (settings.agent_order_wait, settings.agent_order_retry_delay) == (5.0, 1.0)
+    assert (settings.agent_order_wait, settings.agent_order_retry_delay) == (60.0, 1.0)
     assert settings.agent_shutdown_grace == 20.0
 
 

@@ -1,4 +1,4 @@
-"""In-memory stand-ins for the agent's tests: job store, lanes bucket, history, model, bus.
+"""In-memory stand-ins for the agent's ports: job store, history, model, job events, delivery.
 
 Holds no tests of its own; the agent's unit tests import it.
 """
@@ -11,67 +11,100 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from services.runtime.lanes import Lanes
+from pydantic import BaseModel
 
-from contracts import subjects
-from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobLane, JobState, RequestChat
-from contracts.deadletter import DeadLetter
-from contracts.history import AppendMessage, ListMessages, MessageRecord
+from contracts.chat import ChatDelta, JobState, RequestChat, ToolCalled, ToolReturned
+from contracts.history import AppendMessage, EndJob, ListMessages, MessageRecord
 from services.agent.config import Settings
-from services.agent.errors import JobConflict
-from services.agent.jobs import Versioned
-from services.agent.llm import ChatMessage
+from services.agent.errors import EventError, JobConflict
+from services.agent.generate import Generator
+from services.agent.llm import ChatMessage, ToolCallDelta
+from services.agent.ports import LLM, Lookups
 from services.agent.service import JobRunner
+from services.agent.tools import ToolRegistry
+from services.runtime.kv import Versioned
 from services.runtime.meta import RequestMeta
-from tests.kv import FakeKV
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+WAIT = 10.0
 
 
 class FakeJobs:
+    """Job states with compare-and-set on a revision; every read, write and wait recorded."""
+
     def __init__(self) -> None:
-        self.states: dict[UUID, Versioned] = {}
+        self.states: dict[UUID, Versioned[JobState]] = {}
         self.revision = 0
         self.writes: list[JobState] = []
-        self.wrote = asyncio.Event()
+        self.gets: list[UUID] = []
+        self.waits: list[UUID] = []
+        self.waiting = asyncio.Event()  # a job started waiting for another one to end
+        self._changed = asyncio.Event()
 
-    def put(self, state: JobState) -> None:
+    def put(self, state: JobState) -> int:
+        """Store a state whatever was there; return its revision."""
         self.revision += 1
         self.states[state.id] = Versioned(state, self.revision)
         self.writes.append(state)
-        self.wrote.set()
+        self._changed.set()
+        return self.revision
 
     def state(self, job_id: UUID) -> JobState:
-        return self.states[job_id].state
+        """Return a job's latest state."""
+        return self.states[job_id].value
 
     def change(self, job_id: UUID, **changes: Any) -> None:
-        """Write as another party would (the gateway), bumping the revision."""
+        """Write as another party would, bumping the revision."""
         self.put(self.state(job_id).model_copy(update=changes))
 
-    async def get(self, job_id: UUID) -> Versioned | None:
+    async def get(self, job_id: UUID) -> Versioned[JobState] | None:
+        self.gets.append(job_id)
         return self.states.get(job_id)
 
-    async def create(self, state: JobState) -> Versioned:
+    async def create(self, state: JobState) -> Versioned[JobState]:
         if state.id in self.states:
             raise JobConflict("exists")
         self.put(state)
         return self.states[state.id]
 
-    async def update(self, state: JobState, revision: int) -> Versioned:
-        if self.states[state.id].revision != revision:
+    async def update(self, state: JobState, revision: int) -> Versioned[JobState]:
+        current = self.states.get(state.id)
+        if current is None or current.revision != revision:
             raise JobConflict("changed")
         self.put(state)
         return self.states[state.id]
 
+    async def wait_ended(self, job_id: UUID, timeout: float) -> bool:
+        """Wake on every write until the job ended or is gone; False when ``timeout`` passed."""
+        self.waits.append(job_id)
+        self.waiting.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            current = self.states.get(job_id)
+            if current is None or current.value.finished:
+                return True
+            if (remaining := deadline - loop.time()) <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
 
 class FakeHistory:
+    """History's messages of one job's session, and the jobs it was told ended."""
+
     def __init__(self, recent: Sequence[MessageRecord] = ()) -> None:
         self.recent = list(recent)
         self.queries: list[ListMessages] = []
         self.appended: list[AppendMessage] = []
+        self.ended: list[EndJob] = []
         self.metas: list[RequestMeta] = []
-        self.error: Exception | None = None
-        self.on_append: Any = None  # called after a reply is stored
+        self.error: Exception | None = None  # raised by list_messages
+        self.append_error: Exception | None = None
+        self.on_append: Any = None  # called once a reply is stored
 
     async def list_messages(self, query: ListMessages, meta: RequestMeta) -> list[MessageRecord]:
         self.queries.append(query)
@@ -81,8 +114,10 @@ class FakeHistory:
         return self.recent[: query.limit]
 
     async def append_message(self, command: AppendMessage, meta: RequestMeta) -> MessageRecord:
-        self.appended.append(command)
         self.metas.append(meta)
+        if self.append_error is not None:
+            raise self.append_error
+        self.appended.append(command)
         if self.on_append is not None:
             self.on_append()
         return MessageRecord(
@@ -90,17 +125,25 @@ class FakeHistory:
             role=command.role, content=command.content, created_at=T0, job_id=command.job_id,
         )
 
+    async def end_job(self, command: EndJob, meta: RequestMeta) -> None:
+        self.metas.append(meta)
+        self.ended.append(command)
+
 
 class FakeLLM:
+    """A model that writes ``pieces``, or fails; ``gate`` holds it until set."""
+
     def __init__(self, pieces: Sequence[str] = ("Hello ", "there"), error: Exception | None = None):
         self.pieces = list(pieces)
         self.error = error
         self.prompts: list[list[ChatMessage]] = []
-        self.gate: asyncio.Event | None = None  # when set, the model waits for it before writing
+        self.gate: asyncio.Event | None = None
         self.called = asyncio.Event()
         self.closed = asyncio.Event()  # the stream was closed (finished or cancelled)
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
         self.prompts.append(list(messages))
         self.called.set()
         try:
@@ -114,24 +157,56 @@ class FakeLLM:
             self.closed.set()
 
 
+def hanging_llm() -> FakeLLM:
+    """Return a model that writes nothing until the test opens its gate (or it is stopped)."""
+    llm = FakeLLM()
+    llm.gate = asyncio.Event()
+    return llm
+
+
 class FakeEvents:
+    """Every job event in the order published; ``failures`` makes a kind fail that many times."""
+
     def __init__(self) -> None:
-        self.deltas: list[ChatDelta] = []
-        self.completed_events: list[ChatCompleted] = []
-        self.failed_events: list[ChatFailed] = []
-        self.letters: list[tuple[DeadLetter, str | None]] = []
+        self.log: list[tuple[str, BaseModel]] = []
+        self.failures: dict[str, int] = {}
+
+    def of(self, kind: str) -> list[Any]:
+        """Return the events of one kind, in order."""
+        return [event for k, event in self.log if k == kind]
+
+    @property
+    def statuses(self) -> list[JobState]:
+        return self.of("status")
+
+    @property
+    def deltas(self) -> list[ChatDelta]:
+        return self.of("delta")
+
+    @property
+    def finals(self) -> list[JobState]:
+        return self.of("final")
+
+    async def status(self, state: JobState, meta: RequestMeta) -> None:
+        self._record("status", state)
 
     async def delta(self, delta: ChatDelta, meta: RequestMeta) -> None:
-        self.deltas.append(delta)
+        self._record("delta", delta)
 
-    async def completed(self, event: ChatCompleted, meta: RequestMeta) -> None:
-        self.completed_events.append(event)
+    async def tool_called(self, event: ToolCalled, meta: RequestMeta) -> None:
+        self._record("tool_call", event)
 
-    async def failed(self, event: ChatFailed, meta: RequestMeta) -> None:
-        self.failed_events.append(event)
+    async def tool_returned(self, event: ToolReturned, meta: RequestMeta) -> None:
+        self._record("tool_result", event)
 
-    async def dead_letter(self, letter: DeadLetter, meta: RequestMeta, msg_id: str | None) -> None:
-        self.letters.append((letter, msg_id))
+    async def final(self, state: JobState, meta: RequestMeta) -> None:
+        self._record("final", state)
+
+    def _record(self, kind: str, event: BaseModel) -> None:
+        if self.failures.get(kind, 0) > 0:
+            self.failures[kind] -= 1
+            raise EventError(f"{kind} not published")
+        self.log.append((kind, event))
 
 
 @dataclass
@@ -150,10 +225,16 @@ class FakeDelivery:
         self.beat.set()
 
 
-def make_request(content: str = "hi there", session_id: UUID | None = None) -> RequestChat:
+def make_request(
+    content: str = "hi there",
+    session_id: UUID | None = None,
+    follows: UUID | None = None,
+    revision: int = 0,
+) -> RequestChat:
     return RequestChat(
         job_id=uuid.uuid4(), user_id="u1", session_id=session_id or uuid.uuid4(),
         persona="friend", message_id=uuid.uuid4(), content=content, created_at=T0,
+        follows=follows, revision=revision,
     )
 
 
@@ -174,31 +255,43 @@ class Rig:
     runner: JobRunner
     jobs: FakeJobs
     history: FakeHistory
-    llm: FakeLLM
+    llm: Any
     events: FakeEvents
-    kv: FakeKV
-    lanes: Lanes
+    cancels: set[UUID]
 
-    async def queue(self, request: RequestChat) -> None:
-        """Do what the gateway does: a queued state, then the job at the end of both lanes."""
-        self.jobs.put(queued(request))
-        await self.lanes.append(subjects.user_lane(request.user_id), request.job_id)
-        await self.lanes.append(subjects.session_lane(request.session_id), request.job_id)
+    def queue(self, request: RequestChat, **changes: Any) -> RequestChat:
+        """Do what the gateway and history do: a queued record, announced at its revision."""
+        revision = self.jobs.put(queued(request, **changes))
+        return request.model_copy(update={"revision": revision})
 
-    async def lane(self, key: str) -> tuple[UUID, ...]:
-        lane: JobLane = (await self.lanes.read(key))[0]
-        return lane.jobs
+    async def run(self, request: RequestChat, deliveries: int = 1) -> Any:
+        """Hand the runner one delivery of ``request`` and return its verdict."""
+        return await asyncio.wait_for(
+            self.runner.handle(FakeDelivery(body(request), deliveries)), WAIT
+        )
+
+    def start(self, request: RequestChat, deliveries: int = 1) -> "asyncio.Task[Any]":
+        """Run one delivery in the background."""
+        return asyncio.create_task(self.runner.handle(FakeDelivery(body(request), deliveries)))
 
 
-def rig(llm: FakeLLM | None = None, history: FakeHistory | None = None, **settings: Any) -> Rig:
-    config = Settings(
-        openai_base_url="http://sim.invalid/v1", instance="test", agent_retry_delay=0.5,
-        **settings,
-    )
-    kv = FakeKV()
-    lanes = Lanes(kv)  # type: ignore[arg-type]
-    jobs, events = FakeJobs(), FakeEvents()
-    history, llm = history or FakeHistory(), llm or FakeLLM()
-    runner = JobRunner(config, jobs, history, llm, events, lanes)
-    return Rig(runner, jobs, history, llm, events, kv, lanes)
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_base_url": "http://sim.invalid/v1", "instance": "test", "agent_retry_delay": 0.5,
+    }
+    return Settings(**(values | overrides))
 
+
+def rig(
+    llm: LLM | None = None,
+    history: FakeHistory | None = None,
+    lookups: Lookups | None = None,
+    tools: ToolRegistry | None = None,
+    **overrides: Any,
+) -> Rig:
+    config = settings(**overrides)
+    jobs, events, cancels = FakeJobs(), FakeEvents(), set[UUID]()
+    history, model = history or FakeHistory(), llm or FakeLLM()
+    generator = Generator(config, history, model, events, lookups, tools)
+    runner = JobRunner(config, jobs, history, generator, events, cancels)
+    return Rig(runner, jobs, history, model, events, cancels)

@@ -1,242 +1,235 @@
-"""Per-session order, cancel, leases, lanes and hand-back on shutdown, with in-memory fakes."""
+"""Per-session order, cancels and hand-back on shutdown, with in-memory fakes.
+
+A job that follows another waits for it by watching its record; a cancel is an id in
+the cancel set (the bucket every replica watches) and, for a job running here, a
+:meth:`JobRunner.cancel`; a replica that stops cancels its tasks, and that is not a
+job's cancel: the job goes back to the queue with its attempt undone.
+"""
 
 import asyncio
-from collections.abc import Callable
-from datetime import datetime, timedelta
+import uuid
 
 import pytest
 
-from contracts import subjects
-from contracts.chat import RequestChat
-from services.agent.errors import LLMError, Settle
-from services.agent.ports import Verdict
-from tests.unit.test_agent_fakes import (
-    T0,
-    FakeDelivery,
-    FakeLLM,
-    Rig,
-    body,
-    make_request,
-    queued,
-    rig,
-)
+from services.agent.service import JobCancelled, Running
+from services.runtime.settle import ACK, Settle, Verdict, retry
+from tests.unit.test_agent_fakes import WAIT, FakeDelivery, body, hanging_llm, make_request, rig
 
-WAIT = 10.0
+# ---- Running.step: a job's cancel against the replica stopping --------------------------
 
 
-def hanging_llm() -> FakeLLM:
-    llm = FakeLLM()
-    llm.gate = asyncio.Event()  # never set by the test: the model writes until it is stopped
-    return llm
+async def test_step_returns_what_the_work_returns() -> None:
+    async def work() -> int:
+        return 42
+
+    assert await Running().step(work()) == 42
 
 
-def ticking_clock() -> Callable[[], datetime]:
-    """A clock that moves one second per reading, so successive leases differ."""
-    ticks = iter(range(10_000))
-    return lambda: T0 + timedelta(seconds=next(ticks))
+async def test_cancel_stops_the_current_step_as_job_cancelled() -> None:
+    run, started, stopped = Running(), asyncio.Event(), asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    step = asyncio.create_task(run.step(work()))
+    await asyncio.wait_for(started.wait(), WAIT)
+    run.cancel()
+
+    with pytest.raises(JobCancelled):
+        await asyncio.wait_for(step, WAIT)
+    assert stopped.is_set() and run.task is None
 
 
-async def lanes_of(r: Rig, request: RequestChat) -> tuple[tuple[object, ...], ...]:
-    return (
-        await r.lane(subjects.session_lane(request.session_id)),
-        await r.lane(subjects.user_lane(request.user_id)),
-    )
+async def test_a_step_after_the_cancel_never_runs() -> None:
+    run, ran = Running(), []
+
+    async def work() -> None:
+        ran.append(True)
+
+    run.cancel()
+    with pytest.raises(JobCancelled):
+        await run.step(work())
+    await asyncio.sleep(0)  # the work's task gets its turn, and is cancelled before it starts
+    assert ran == []
 
 
-async def test_job_waits_for_the_head_of_its_session_then_runs() -> None:
-    r = rig(agent_order_poll=0.01, agent_order_wait=WAIT, agent_ack_wait=0.03)
-    first = make_request("first")
-    second = make_request("second", session_id=first.session_id)
-    await r.queue(first)
-    await r.queue(second)
+async def test_replica_stopping_is_a_cancelled_error_not_a_job_cancel() -> None:
+    run, started, stopped = Running(), asyncio.Event(), asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    step = asyncio.create_task(run.step(work()))
+    await asyncio.wait_for(started.wait(), WAIT)
+    run.cancelled = True  # even with a cancel heard, the replica stopping wins
+    step.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(step, WAIT)
+    assert stopped.is_set()
+
+
+# ---- per-session order -------------------------------------------------------------------
+
+
+async def test_job_waits_for_the_job_it_follows_then_runs() -> None:
+    r = rig(agent_ack_wait=0.03)
+    first = r.queue(make_request("first"))
+    second = r.queue(make_request("second", session_id=first.session_id, follows=first.job_id))
     delivery = FakeDelivery(body(second))
-
     task = asyncio.create_task(r.runner.handle(delivery))
     await asyncio.wait_for(delivery.beat.wait(), WAIT)  # held, and kept alive meanwhile
+    assert r.jobs.waits == [first.job_id]
     assert r.llm.prompts == [] and r.jobs.state(second.job_id).status == "queued"
-    r.jobs.change(first.job_id, status="completed")  # the head ends (its lane entry stays)
 
+    r.jobs.change(first.job_id, status="completed")
     verdict = await asyncio.wait_for(task, WAIT)
 
-    assert verdict.settle is Settle.ACK
+    assert verdict == ACK
     assert r.jobs.state(second.job_id).status == "completed"
     assert [p[-1]["content"] for p in r.llm.prompts] == ["second"]
-    assert await lanes_of(r, second) == ((), (first.job_id,))  # stale head pruned from session
 
 
-async def test_job_not_its_turn_is_retried_without_counting_an_attempt() -> None:
-    r = rig(agent_order_poll=0.01, agent_order_wait=0.05, agent_order_retry_delay=0.7)
-    first = make_request("first")
-    second = make_request("second", session_id=first.session_id)
-    await r.queue(first)
-    await r.queue(second)
+async def test_job_not_its_turn_in_time_is_retried_without_counting_an_attempt() -> None:
+    r = rig(agent_order_wait=0.05, agent_order_retry_delay=0.7)
+    first = r.queue(make_request("first"))
+    second = r.queue(make_request("second", session_id=first.session_id, follows=first.job_id))
 
-    verdict = await r.runner.handle(FakeDelivery(body(second)))
+    verdict = await r.run(second)
 
-    assert verdict == Verdict(Settle.RETRY, 0.7)
+    assert verdict == retry(0.7)
     state = r.jobs.state(second.job_id)
     assert state.status == "queued" and state.attempts == 0
-    assert r.llm.prompts == []
+    assert r.llm.prompts == [] and r.events.log == []
 
 
-async def test_job_missing_from_its_lane_runs() -> None:
-    r = rig(agent_order_wait=0)
-    other = make_request("queued earlier")
-    request = make_request(session_id=other.session_id)
-    await r.queue(other)
-    r.jobs.put(queued(request))  # not in any lane
-
-    verdict = await r.runner.handle(FakeDelivery(body(request)))
-
-    assert verdict.settle is Settle.ACK
+async def test_job_following_a_job_that_is_gone_runs() -> None:
+    r = rig()
+    request = r.queue(make_request(follows=uuid.uuid4()))
+    assert await r.run(request) == ACK
     assert r.jobs.state(request.job_id).status == "completed"
 
 
-async def test_cancel_requested_before_pickup_never_calls_the_model() -> None:
+# ---- cancels -------------------------------------------------------------------------------
+
+
+async def test_job_in_the_cancel_set_is_cancelled_without_running() -> None:
     r = rig()
-    request = make_request()
-    await r.queue(request)
-    r.jobs.change(request.job_id, cancel_requested=True)
+    request = r.queue(make_request())
+    r.cancels.add(request.job_id)
 
-    verdict = await r.runner.handle(FakeDelivery(body(request)))
+    verdict = await r.run(request)
 
-    assert verdict.settle is Settle.ACK
+    assert verdict == ACK
     state = r.jobs.state(request.job_id)
     assert state.status == "cancelled" and state.finished_at is not None
     assert state.attempts == 0 and r.llm.prompts == [] and r.history.appended == []
-    assert await lanes_of(r, request) == ((), ())
+    assert r.events.finals == [state] and r.events.statuses == []
+    assert [e.job_id for e in r.history.ended] == [request.job_id]
 
 
-async def test_cancel_while_streaming_closes_the_stream_and_stores_nothing() -> None:
-    r = rig(llm=hanging_llm())
-    request = make_request()
-    await r.queue(request)
-    task = asyncio.create_task(r.runner.handle(FakeDelivery(body(request))))
-    await asyncio.wait_for(r.llm.called.wait(), WAIT)
+async def test_cancel_while_waiting_for_its_turn_ends_the_job() -> None:
+    r = rig()
+    first = r.queue(make_request("first"))
+    second = r.queue(make_request("second", session_id=first.session_id, follows=first.job_id))
+    task = r.start(second)
+    await asyncio.wait_for(r.jobs.waiting.wait(), WAIT)
 
-    assert r.runner.cancel(request.job_id) is True
+    r.runner.cancel(second.job_id)
     verdict = await asyncio.wait_for(task, WAIT)
 
-    assert verdict.settle is Settle.ACK
+    assert verdict == ACK
+    assert r.jobs.state(second.job_id).status == "cancelled"
+    assert r.jobs.state(first.job_id).status == "queued"  # the earlier job is not touched
+    assert r.llm.prompts == []
+
+
+async def test_cancel_heard_while_waiting_is_honoured_before_starting() -> None:
+    r = rig()
+    first = r.queue(make_request("first"))
+    second = r.queue(make_request("second", session_id=first.session_id, follows=first.job_id))
+    task = r.start(second)
+    await asyncio.wait_for(r.jobs.waiting.wait(), WAIT)
+
+    r.cancels.add(second.job_id)  # in the set, but this replica was not told to stop it
+    r.jobs.change(first.job_id, status="completed")
+    verdict = await asyncio.wait_for(task, WAIT)
+
+    assert verdict == ACK
+    state = r.jobs.state(second.job_id)
+    assert state.status == "cancelled" and state.attempts == 0
+    assert r.llm.prompts == []
+
+
+async def test_cancel_during_generation_closes_the_stream_and_stores_no_reply() -> None:
+    r = rig(llm=hanging_llm())
+    request = r.queue(make_request())
+    task = r.start(request)
+    await asyncio.wait_for(r.llm.called.wait(), WAIT)
+
+    r.runner.cancel(request.job_id)
+    verdict = await asyncio.wait_for(task, WAIT)
+
+    assert verdict == ACK
     assert r.llm.closed.is_set()
     state = r.jobs.state(request.job_id)
     assert state.status == "cancelled" and state.finished_at is not None
-    assert state.lease_expires_at is None
-    assert r.history.appended == [] and r.events.completed_events == []
-    assert await lanes_of(r, request) == ((), ())
-    assert r.runner.cancel(request.job_id) is False  # no longer running here
-
-
-async def test_cancel_requested_during_the_call_is_honoured_before_storing() -> None:
-    llm = hanging_llm()
-    r = rig(llm=llm)  # heartbeats far apart: only the check before storing can see it
-    request = make_request()
-    await r.queue(request)
-    task = asyncio.create_task(r.runner.handle(FakeDelivery(body(request))))
-    await asyncio.wait_for(llm.called.wait(), WAIT)
-    r.jobs.change(request.job_id, cancel_requested=True)  # the broadcast was missed
-    assert llm.gate is not None
-    llm.gate.set()
-
-    verdict = await asyncio.wait_for(task, WAIT)
-
-    assert verdict.settle is Settle.ACK
-    assert r.jobs.state(request.job_id).status == "cancelled"
+    assert state.attempts == 1 and state.reply is None
     assert r.history.appended == []
+    assert [s.status for s in r.events.finals] == ["cancelled"]
+    assert [e.job_id for e in r.history.ended] == [request.job_id]
+    assert r.runner.running == {}
 
 
 async def test_reply_stored_before_the_cancel_completes_the_job() -> None:
     r = rig()
-    request = make_request()
-    await r.queue(request)
+    request = r.queue(make_request())
+    r.history.on_append = lambda: r.runner.cancel(request.job_id)
 
-    def cancel_now() -> None:
-        r.jobs.change(request.job_id, cancel_requested=True)
-        r.runner.cancel(request.job_id)
+    verdict = await r.run(request)
 
-    r.history.on_append = cancel_now
-
-    verdict = await r.runner.handle(FakeDelivery(body(request)))
-
-    assert verdict.settle is Settle.ACK
+    assert verdict == ACK
     state = r.jobs.state(request.job_id)
     assert state.status == "completed" and state.reply is not None
-    assert state.cancel_requested is True
-    assert await lanes_of(r, request) == ((), ())
+    assert r.history.ended == []
 
 
-async def test_lease_is_written_at_start_and_renewed_by_heartbeats() -> None:
-    llm = FakeLLM()
-    r = rig(llm=llm, agent_ack_wait=0.06)
-    r.runner.clock = ticking_clock()
-    request = make_request()
-    await r.queue(request)
-    delivery = FakeDelivery(body(request))
-    llm.gate = asyncio.Event()
-    task = asyncio.create_task(r.runner.handle(delivery))
-
-    async def renewed() -> None:
-        while len([s for s in r.jobs.writes if s.status == "running"]) < 2:
-            r.jobs.wrote.clear()
-            await r.jobs.wrote.wait()
-
-    await asyncio.wait_for(renewed(), WAIT)
-    llm.gate.set()
-
-    await asyncio.wait_for(task, WAIT)
-
-    leases = [s.lease_expires_at for s in r.jobs.writes if s.status == "running"]
-    assert leases[0] is not None and leases[1] is not None
-    assert leases[1] > leases[0]
-    assert r.jobs.state(request.job_id).lease_expires_at is None  # cleared when it ended
+async def test_cancel_of_a_job_not_running_here_changes_nothing() -> None:
+    r = rig()
+    r.runner.cancel(uuid.uuid4())
+    assert r.runner.running == {}
 
 
-async def test_lease_renewal_keeps_a_concurrent_cancel_request_and_stops_the_job() -> None:
-    r = rig(llm=hanging_llm(), agent_ack_wait=0.06)
-    request = make_request()
-    await r.queue(request)
-    task = asyncio.create_task(r.runner.handle(FakeDelivery(body(request))))
+async def test_job_finished_by_another_delivery_meanwhile_acks_with_that_outcome() -> None:
+    r = rig(llm=hanging_llm())
+    request = r.queue(make_request())
+    task = r.start(request)
     await asyncio.wait_for(r.llm.called.wait(), WAIT)
-    r.jobs.change(request.job_id, cancel_requested=True)  # no broadcast: the fallback finds it
+    r.jobs.change(request.job_id, status="cancelled")  # another replica ended it
+    r.llm.gate.set()
 
     verdict = await asyncio.wait_for(task, WAIT)
 
-    assert verdict.settle is Settle.ACK
-    state = r.jobs.state(request.job_id)
-    assert state.status == "cancelled" and state.cancel_requested
-    assert all(s.cancel_requested for s in r.jobs.writes[-2:])
+    assert verdict == ACK
+    assert r.jobs.state(request.job_id).status == "cancelled"
+    assert [s.status for s in r.events.finals] == ["cancelled"]
 
 
-@pytest.mark.parametrize("outcome", ["completed", "failed"])
-async def test_lanes_are_cleaned_after_the_final_state(outcome: str) -> None:
-    error = LLMError("bad request", retryable=False) if outcome == "failed" else None
-    r = rig(llm=FakeLLM(error=error))
-    request = make_request()
-    await r.queue(request)
-
-    await r.runner.handle(FakeDelivery(body(request)))
-
-    assert r.jobs.state(request.job_id).status == outcome
-    assert await lanes_of(r, request) == ((), ())
+# ---- hand-back on shutdown -------------------------------------------------------------------
 
 
-async def test_finished_job_left_in_its_lanes_is_taken_out_at_pickup() -> None:
-    r = rig()
-    request = make_request()
-    await r.queue(request)
-    r.jobs.change(request.job_id, status="completed")  # crashed before leaving the lanes
-
-    verdict = await r.runner.handle(FakeDelivery(body(request), 2))
-
-    assert verdict.settle is Settle.ACK and r.llm.prompts == []
-    assert await lanes_of(r, request) == ((), ())
-
-
-async def test_stopping_replica_hands_a_running_job_back_to_the_queue() -> None:
+async def test_stopping_replica_hands_a_running_job_back_with_its_attempt_undone() -> None:
     r = rig(llm=hanging_llm())
-    request = make_request()
-    await r.queue(request)
-    task = asyncio.create_task(r.runner.handle(FakeDelivery(body(request))))
+    request = r.queue(make_request())
+    task = r.start(request)
     await asyncio.wait_for(r.llm.called.wait(), WAIT)
     assert r.jobs.state(request.job_id).attempts == 1
 
@@ -248,6 +241,33 @@ async def test_stopping_replica_hands_a_running_job_back_to_the_queue() -> None:
     assert r.llm.closed.is_set()
     state = r.jobs.state(request.job_id)
     assert state.status == "queued" and state.attempts == 0
-    assert state.lease_expires_at is None
-    assert r.history.appended == []
-    assert await lanes_of(r, request) == ((request.job_id,), (request.job_id,))
+    assert r.history.appended == [] and r.events.finals == [] and r.history.ended == []
+
+
+async def test_stopping_replica_hands_back_a_waiting_job_without_writing_it() -> None:
+    r = rig()
+    first = r.queue(make_request("first"))
+    second = r.queue(make_request("second", session_id=first.session_id, follows=first.job_id))
+    task = r.start(second)
+    await asyncio.wait_for(r.jobs.waiting.wait(), WAIT)
+    writes = len(r.jobs.writes)
+
+    r.runner.stopping = True
+    task.cancel()
+    verdict = await asyncio.wait_for(task, WAIT)
+
+    assert verdict == retry(0.0)
+    assert len(r.jobs.writes) == writes
+    assert r.jobs.state(second.job_id).status == "queued"
+
+
+async def test_a_cancelled_task_of_a_replica_not_stopping_is_not_swallowed() -> None:
+    r = rig(llm=hanging_llm())
+    request = r.queue(make_request())
+    task = r.start(request)
+    await asyncio.wait_for(r.llm.called.wait(), WAIT)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT)
+    assert r.runner.running == {}

@@ -8,29 +8,18 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
-from services.runtime.lanes import Lanes
 
 from contracts.history import MessageRecord, SearchMessages
 from contracts.memory import MemoryRecord, RecallMemories
-from services.agent.config import Settings
-from services.agent.errors import RecallError, Settle, ToolRoundsExceeded
+from services.agent.errors import RecallError, ToolRoundsExceeded
 from services.agent.llm import ChatMessage, ToolCallDelta
 from services.agent.ports import Lookups
 from services.agent.prompt import build_context, estimate_tokens, within_budget
-from services.agent.service import JobRunner
 from services.agent.toolloop import CallAccumulator, run_tool_loop
 from services.agent.tools import DEFAULT_TOOLS, ToolContext, ToolRegistry
 from services.runtime.meta import RequestMeta
-from tests.unit.test_agent_fakes import (
-    T0,
-    FakeDelivery,
-    FakeEvents,
-    FakeHistory,
-    FakeJobs,
-    FakeKV,
-    make_request,
-    queued,
-)
+from services.runtime.settle import ACK, Settle
+from tests.unit.test_agent_fakes import T0, Rig, make_request, rig
 
 Chunk = str | ToolCallDelta
 
@@ -317,74 +306,68 @@ async def test_without_a_context_no_tools_are_offered() -> None:
 # ---- the job runner with tools ---------------------------------------------------------
 
 
-def tool_runner(
-    llm: ScriptedLLM, memories: FakeMemories, **settings: Any
-) -> tuple[JobRunner, FakeJobs, FakeEvents]:
-    config = Settings(
-        openai_base_url="http://sim.invalid/v1", instance="test", agent_retry_delay=0.5,
-        **settings,
-    )
-    jobs, events = FakeJobs(), FakeEvents()
-    runner = JobRunner(
-        config, jobs, FakeHistory(), llm, events, Lanes(FakeKV()),  # type: ignore[arg-type]
-        lookups=Lookups(memories, FakeSearch()), tools=DEFAULT_TOOLS,
-    )
-    return runner, jobs, events
+def tool_rig(llm: ScriptedLLM, memories: FakeMemories, **settings: Any) -> Rig:
+    return rig(llm=llm, lookups=Lookups(memories, FakeSearch()), tools=DEFAULT_TOOLS, **settings)
 
 
 async def test_job_records_its_tools_and_prompt_carries_memories() -> None:
     facts = FakeMemories(memory("u1", "The user said: I am allergic to peanuts"))
     llm = ScriptedLLM(call("recall_memories", '{"query": "peanuts"}'), ["Noted", "."])
-    runner, jobs, events = tool_runner(llm, facts, agent_memory_limit=7)
-    request = make_request("what do you remember about peanuts")
-    jobs.put(queued(request))
+    r = tool_rig(llm, facts, agent_memory_limit=7, agent_delta_interval=0)
+    request = r.queue(make_request("what do you remember about peanuts"))
 
-    verdict = await runner.handle(FakeDelivery(request.model_dump_json().encode()))
+    verdict = await r.run(request)
 
-    assert verdict.settle is Settle.ACK
-    state = jobs.state(request.job_id)
+    assert verdict == ACK
+    state = r.jobs.state(request.job_id)
     assert state.status == "completed" and state.tools == ("recall_memories",)
     assert state.reply is not None and state.reply.content == "Noted."
-    assert [(d.seq, d.text) for d in events.deltas] == [(0, "Noted"), (1, ".")]
+    assert [kind for kind, _ in r.events.log] == [
+        "status", "tool_call", "tool_result", "delta", "delta", "final",
+    ]
+    assert [d.text for d in r.events.deltas] == ["Noted", "."]
+    [called] = r.events.of("tool_call")
+    assert (called.name, called.arguments, called.attempt) == (
+        "recall_memories", '{"query": "peanuts"}', 1,
+    )
+    [returned] = r.events.of("tool_result")
+    assert returned.result == "- The user said: I am allergic to peanuts"
     assert facts.queries[0] == RecallMemories(user_id="u1", persona="friend", limit=7)
     assert "I am allergic to peanuts" in (llm.calls[0][0][0]["content"] or "")
 
 
 async def test_memory_service_down_the_job_still_answers() -> None:
     llm = ScriptedLLM(["fine"])
-    runner, jobs, _ = tool_runner(llm, FakeMemories(error=RecallError("no responders")))
-    request = make_request()
-    jobs.put(queued(request))
-    verdict = await runner.handle(FakeDelivery(request.model_dump_json().encode()))
-    assert verdict.settle is Settle.ACK
-    state = jobs.state(request.job_id)
+    r = tool_rig(llm, FakeMemories(error=RecallError("no responders")))
+    request = r.queue(make_request())
+    assert await r.run(request) == ACK
+    state = r.jobs.state(request.job_id)
     assert state.status == "completed" and state.tools == ()
 
 
 async def test_round_limit_fails_the_job_at_once_with_llm_error() -> None:
     llm = ScriptedLLM(call("recall_memories", "{}"))
-    runner, jobs, events = tool_runner(llm, FakeMemories(), agent_tool_rounds=1)
-    request = make_request()
-    jobs.put(queued(request))
-    verdict = await runner.handle(FakeDelivery(request.model_dump_json().encode()))
+    r = tool_rig(llm, FakeMemories(), agent_tool_rounds=1)
+    request = r.queue(make_request())
+    verdict = await r.run(request)
     assert verdict.settle is Settle.DROP
-    state = jobs.state(request.job_id)
+    state = r.jobs.state(request.job_id)
     assert state.status == "failed" and state.attempts == 1 and state.error is not None
     assert state.error.code == "llm_error"
     assert "tool round limit (1 rounds)" in state.error.message
-    assert len(events.failed_events) == 1
+    assert r.events.finals == [state]
 
 
 async def test_cancel_during_the_second_round_closes_its_stream() -> None:
     llm = ScriptedLLM(call("recall_memories", "{}"), ["never"])
     llm.gate_round = 1
-    runner, jobs, _ = tool_runner(llm, FakeMemories())
-    request = make_request()
-    jobs.put(queued(request))
-    task = asyncio.create_task(runner.handle(FakeDelivery(request.model_dump_json().encode())))
+    r = tool_rig(llm, FakeMemories())
+    request = r.queue(make_request())
+    task = r.start(request)
     await asyncio.wait_for(llm.waiting.wait(), 10)
-    assert runner.cancel(request.job_id)
+    r.runner.cancel(request.job_id)
     verdict = await asyncio.wait_for(task, 10)
-    assert verdict.settle is Settle.ACK
-    assert jobs.state(request.job_id).status == "cancelled"
+    assert verdict == ACK
+    assert r.jobs.state(request.job_id).status == "cancelled"
     assert llm.closed == 2  # both rounds' streams were closed
+    assert r.history.appended == []

@@ -20,9 +20,12 @@ from services.runtime.asyncapi import document, key_of, render
 from tests.unit.test_gateway_fakes import gateway_client
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
-# Received outside FastStream: the agent's own pull consumer, the gateway's delta
-# subscriptions and the bucket watches are nats-py calls.
-NOT_FASTSTREAM = {subjects.CHAT_REQUESTED, subjects.chat_delta("{job_id}")}
+# Received outside FastStream: the agent's own pull consumer, the gateway's ordered
+# consumers of a job's events and the bucket watches are nats-py calls.
+NOT_FASTSTREAM = {
+    subjects.CHAT_REQUESTED,
+    *(subjects.job_event("{job_id}", kind) for kind in subjects.JOB_EVENT_KINDS),
+}
 LLM = "http://127.0.0.1:1/v1"
 
 

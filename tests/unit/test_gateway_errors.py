@@ -10,6 +10,7 @@ import structlog
 from contracts import subjects
 from contracts.base import BusError as ReplyError
 from contracts.history import SessionReply
+from services.gateway.errors import Conflict, TooManyRequests, from_reply
 from services.runtime.meta import BusProtocolError, BusTimeout, BusUnavailable
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
 
@@ -101,7 +102,7 @@ async def test_content_over_the_byte_limit_gets_413() -> None:
     assert fits.status_code == 202
     assert too_many_bytes.status_code == 413
     assert too_many_bytes.headers["content-type"] == "application/problem+json"
-    assert len(bus.published) == 1
+    assert len(bus.jobs) == 1 and len(bus.history.requested) == 1
 
 
 async def test_body_far_over_the_limit_is_refused_unread() -> None:
@@ -164,6 +165,8 @@ async def test_bus_failures_map_to_statuses(failure: Exception, status: int) -> 
         ("invalid", 422),
         ("unavailable", 503),
         ("internal", 500),
+        ("too_many_jobs", 429),
+        ("rate_limited", 429),
     ],
 )
 async def test_reply_error_codes_map_to_statuses(code: Any, status: int) -> None:
@@ -171,11 +174,37 @@ async def test_reply_error_codes_map_to_statuses(code: Any, status: int) -> None
         return SessionReply(error=ReplyError(code=code, message="refused"))
 
     bus = FakeBus(extra={subjects.HISTORY_SESSION_GET: refuse})
-    async with gateway_client(bus) as (client, _):
+    async with gateway_client(bus, retry_after_seconds=5) as (client, _):
         response = await client.get(session_url(), headers=bearer())
     assert response.status_code == status
     assert response.json()["status"] == status
-    assert ("retry-after" in response.headers) == (status == 503)
+    assert response.headers["content-type"] == "application/problem+json"
+    # Without a retry_after of its own, a refusal to retry later says the configured one.
+    assert response.headers.get("retry-after") == ("5" if status in (429, 503) else None)
+
+
+@pytest.mark.parametrize("code", ["too_many_jobs", "rate_limited"])
+@pytest.mark.parametrize(("seconds", "header"), [(12.2, "13"), (0.0, "1"), (59.0, "59")])
+async def test_a_limit_says_when_to_retry_from_its_retry_after(
+    code: Any, seconds: float, header: str
+) -> None:
+    def refuse(_: object) -> SessionReply:
+        return SessionReply(error=ReplyError(code=code, message="slow down", retry_after=seconds))
+
+    bus = FakeBus(extra={subjects.HISTORY_SESSION_GET: refuse})
+    async with gateway_client(bus, retry_after_seconds=5) as (client, _):
+        response = await client.get(session_url(), headers=bearer())
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == header
+    assert response.json()["detail"] == "slow down"
+
+
+def test_from_reply_keeps_the_code_s_error_and_the_limit_s_retry_after() -> None:
+    limit = from_reply(ReplyError(code="rate_limited", message="m", retry_after=3.5))
+    assert isinstance(limit, TooManyRequests) and limit.retry_after == 3.5
+    assert from_reply(ReplyError(code="too_many_jobs", message="m")).status == 429
+    assert isinstance(from_reply(ReplyError(code="conflict", message="busy")), Conflict)
+    assert from_reply(ReplyError(code="not_found", message="gone")).detail == "gone"
 
 
 async def test_unexpected_exception_is_logged_once_and_hidden() -> None:

@@ -1,34 +1,48 @@
-"""In-memory stand-ins for the gateway's tests: a history service over dicts, and a bus.
+"""In-memory stand-ins for the gateway's tests: history and memory over dicts, and a bus.
 
-Holds no tests of its own; the gateway's unit and integration tests import it.
+:class:`FakeHistory` admits user messages as the real history does in its append
+(limits, the job a new one follows, multitask) and keeps what its outbox would
+announce on ``chat.requested``; :class:`FakeBus` is the gateway's whole I/O edge
+(request-reply, the job bucket, the cancel bucket, the JOB_EVENTS stream) and
+plays the agent in tests (``start``, ``delta``, ``finish``). Holds no tests of its
+own; the gateway's unit and integration tests import it.
 """
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
 from fastapi import FastAPI
-from nats.js.kv import KeyValue
-from services.gateway.ratelimit import RateDecision, SlidingWindow
-from services.runtime.lanes import Lanes
+from pydantic import BaseModel
 
 from contracts import subjects
 from contracts.base import BusError, Contract, Ping, Pong, Reply, utcnow
-from contracts.chat import ChatDelta, JobLane, JobState
+from contracts.chat import (
+    CancelRequest,
+    ChatDelta,
+    FinalStatus,
+    JobError,
+    JobState,
+    RequestChat,
+    ToolCalled,
+    ToolReturned,
+)
 from contracts.history import (
     AppendMessage,
     ArchiveSession,
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -48,26 +62,58 @@ from contracts.memory import (
 )
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
+from services.gateway.bus import EventFeed, StoredEvent
 from services.gateway.config import Settings
-from services.gateway.feed import JobFeed
+from services.runtime.kv import KvConflict
 from services.runtime.meta import BusUnavailable, RequestMeta
-from tests.kv import FakeKV
 
 R = TypeVar("R", bound=Reply)
+JOBS_RETRY_AFTER = 2.5  # what the fake history tells a user over the job limit
+
+
+@dataclass
+class Admitted:
+    """A job history admitted, and whether it has ended (reply stored, or told so)."""
+
+    user_id: str
+    session_id: UUID
+    follows: UUID | None
+    ended: bool = False
 
 
 class FakeHistory:
-    """The history service's request-reply behaviour over two dicts."""
+    """The history service's request-reply behaviour over dicts."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.sessions: dict[UUID, SessionRecord] = {}
         self.messages: dict[UUID, list[MessageRecord]] = {}
+        self.jobs: dict[UUID, Admitted] = {}  # in the order admitted
+        self.sent: dict[str, list[float]] = {}  # user -> when each message was admitted
+        self.requested: list[RequestChat] = []  # what the outbox announced on chat.requested
+        self.clock = clock
         self.last = utcnow()
+        self._announced = asyncio.Event()
 
     def tick(self) -> datetime:
         """Return the time now, strictly after the last one handed out (newest first is exact)."""
         self.last = max(utcnow(), self.last + timedelta(microseconds=1))
         return self.last
+
+    async def next_request(self, timeout: float = 10.0) -> RequestChat:
+        """Wait until a job is announced on chat.requested; return the first one."""
+        await asyncio.wait_for(self._announced.wait(), timeout)
+        return self.requested[0]
+
+    def unfinished(
+        self, *, user_id: str | None = None, session_id: UUID | None = None
+    ) -> list[UUID]:
+        """Return the ids of the jobs not ended, of a user or of a session, oldest first."""
+        return [
+            job_id for job_id, job in self.jobs.items()
+            if not job.ended
+            and (user_id is None or job.user_id == user_id)
+            and (session_id is None or job.session_id == session_id)
+        ]
 
     def create_session(self, req: CreateSession) -> SessionReply:
         """Create a session, archiving the user's active one of the persona."""
@@ -122,15 +168,32 @@ class FakeHistory:
         )
 
     def append_message(self, req: AppendMessage) -> MessageReply:
-        """Store a message once per (job, role)."""
+        """Store a message once per (job, role); admit the job of a user message."""
         session = self.sessions.get(req.session_id)
         if session is None or session.user_id != req.user_id:
             return MessageReply(error=BusError(code="not_found", message="no such session"))
         for old in self.messages[req.session_id]:
             if old.job_id == req.job_id and old.role == req.role:
-                return MessageReply(message=old, created=False, persona=session.persona)
-        if req.role == "user" and session.status != "active":
-            return MessageReply(error=BusError(code="conflict", message="session archived"))
+                known = self.jobs.get(req.job_id)
+                return MessageReply(
+                    message=old, created=False, persona=session.persona,
+                    follows=known.follows if known else None,
+                )
+        follows, interrupted = None, ()
+        if req.role == "user":
+            if session.status != "active":
+                return MessageReply(error=BusError(code="conflict", message="session archived"))
+            if req.admission is None:
+                return MessageReply(error=BusError(code="invalid", message="no admission"))
+            refused = self._refusal(req)
+            if refused is not None:
+                return MessageReply(error=refused)
+            earlier = self.unfinished(session_id=req.session_id)
+            if req.admission.multitask == "reject" and earlier:
+                return MessageReply(error=BusError(code="conflict", message="session is busy"))
+            if req.admission.multitask == "interrupt":
+                interrupted = tuple(earlier)
+            follows = earlier[-1] if earlier else None
         record = MessageRecord(
             id=uuid.uuid4(),
             session_id=req.session_id,
@@ -144,7 +207,55 @@ class FakeHistory:
         self.sessions[session.id] = session.model_copy(
             update={"message_count": session.message_count + 1}
         )
-        return MessageReply(message=record, created=True, persona=session.persona)
+        if req.role == "assistant":
+            if (job := self.jobs.get(req.job_id)) is not None:
+                job.ended = True
+        elif req.admission is not None:
+            self._admit(req, record, session.persona, follows)
+        return MessageReply(
+            message=record, created=True, persona=session.persona, follows=follows,
+            interrupted=interrupted,
+        )
+
+    def _refusal(self, req: AppendMessage) -> BusError | None:
+        """Check the user's limits as history does; None when the message may be admitted."""
+        assert req.admission is not None
+        admission, now = req.admission, self.clock()
+        if 0 < admission.max_active_jobs <= len(self.unfinished(user_id=req.user_id)):
+            return BusError(
+                code="too_many_jobs", message="too many unfinished jobs",
+                retry_after=JOBS_RETRY_AFTER,
+            )
+        recent = [
+            at for at in self.sent.get(req.user_id, [])
+            if now - at < subjects.RATE_WINDOW_SECONDS
+        ]
+        if 0 < admission.max_messages_per_minute <= len(recent):
+            wait = subjects.RATE_WINDOW_SECONDS - (now - recent[0])
+            return BusError(code="rate_limited", message="too many messages", retry_after=wait)
+        return None
+
+    def _admit(
+        self, req: AppendMessage, record: MessageRecord, persona: str, follows: UUID | None
+    ) -> None:
+        assert req.admission is not None
+        self.jobs[req.job_id] = Admitted(req.user_id, req.session_id, follows)
+        self.sent.setdefault(req.user_id, []).append(self.clock())
+        self.requested.append(RequestChat(
+            job_id=req.job_id, user_id=req.user_id, session_id=req.session_id,
+            persona=persona, message_id=record.id, content=req.content,
+            created_at=req.admission.created_at, follows=follows,
+            revision=req.admission.revision,
+        ))
+        self._announced.set()
+
+    def end_job(self, req: EndJob) -> JobEnded:
+        """Note that a job ended without a reply."""
+        job = self.jobs.get(req.job_id)
+        if job is None or job.user_id != req.user_id:
+            return JobEnded(known=False)
+        job.ended = True
+        return JobEnded(known=True)
 
     def list_messages(self, req: ListMessages) -> MessagePage:
         """Return a page of a session's messages, newest first."""
@@ -177,9 +288,10 @@ class FakeHistory:
         found = self.sessions.get(req.session_id)
         if found is None or found.user_id != req.user_id:
             return DeleteReply(error=BusError(code="not_found", message="no such session"))
+        unfinished = tuple(self.unfinished(session_id=req.session_id))
         del self.sessions[req.session_id]
         del self.messages[req.session_id]
-        return DeleteReply(deleted=True)
+        return DeleteReply(deleted=True, unfinished=unfinished)
 
     def list_feed(self, req: ListFeed) -> MessagePage:
         """Return a page of the user's messages across sessions, newest first."""
@@ -208,6 +320,7 @@ class FakeHistory:
             subjects.HISTORY_SESSION_GET: (GetSession, self.get_session),
             subjects.HISTORY_SESSION_LIST: (ListSessions, self.list_sessions),
             subjects.HISTORY_MESSAGE_APPEND: (AppendMessage, self.append_message),
+            subjects.HISTORY_JOB_END: (EndJob, self.end_job),
             subjects.HISTORY_MESSAGE_LIST: (ListMessages, self.list_messages),
             subjects.HISTORY_SESSION_ARCHIVE: (ArchiveSession, self.archive_session),
             subjects.HISTORY_SESSION_DELETE: (DeleteSession, self.delete_session),
@@ -280,42 +393,59 @@ def offset(cursor: str | None) -> int | None:
     return int(cursor) if cursor.isascii() and cursor.isdigit() else None  # "²" is a digit
 
 
-@dataclass
-class Published:
-    """One message the gateway published."""
+class FakeFeed:
+    """A job's stored events after a position, then live ones, read one at a time."""
 
-    subject: str
-    body: Contract
-    meta: RequestMeta
-    stream: str | None
-    msg_id: str | None
+    def __init__(self, bus: "FakeBus", job_id: UUID, after: int) -> None:
+        self.bus = bus
+        self.job_id = job_id
+        self.position = after
+
+    async def next(self, timeout: float) -> StoredEvent | None:
+        """Return the next event of the job, or None when ``timeout`` passes first."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for job_id, event in self.bus.events:
+                        if job_id == self.job_id and event.seq > self.position:
+                            self.position = event.seq
+                            return event
+                    self.bus._emitted.clear()
+                    await self.bus._emitted.wait()
+        except TimeoutError:
+            return None
 
 
 @dataclass
 class FakeBus:
-    """The gateway's bus in memory: handlers by subject, a job dict, a list of publications."""
+    """The gateway's bus in memory: handlers by subject, two buckets, the job events stream.
+
+    ``failures`` maps a subject, or an operation name (``create_job``, ``get_job``,
+    ``delete_job``, ``wait_job``, ``request_cancel``, ``follow_job``), to the error it
+    raises. ``ops`` records every call in order: round trips are counted by it.
+    """
 
     history: FakeHistory = field(default_factory=FakeHistory)
     memory: FakeMemory = field(default_factory=FakeMemory)
     connected: bool = True
     failures: dict[str, Exception] = field(default_factory=dict)
     extra: dict[str, Callable[[Any], Reply]] = field(default_factory=dict)
-    jobs: dict[UUID, tuple[JobState, int]] = field(default_factory=dict)
-    published: list[Published] = field(default_factory=list)
+    jobs: dict[UUID, JobState] = field(default_factory=dict)
+    revisions: dict[UUID, int] = field(default_factory=dict)
+    cancels: dict[UUID, CancelRequest] = field(default_factory=dict)
+    events: list[tuple[UUID, StoredEvent]] = field(default_factory=list)
     calls: list[tuple[str, RequestMeta]] = field(default_factory=list)
-    lanes_kv: FakeKV = field(default_factory=FakeKV)
-    rates_kv: FakeKV = field(default_factory=FakeKV)
-    rate_clock: Callable[[], float] = time.time
-    feeds: dict[UUID, list[JobFeed]] = field(default_factory=dict)
+    ops: list[str] = field(default_factory=list)
     feeds_opened: int = 0
+    feeds_open: int = 0
+    revision: int = 0
+    seq: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _published: asyncio.Event = field(default_factory=asyncio.Event)
+    _emitted: asyncio.Event = field(default_factory=asyncio.Event)
+    _cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     _followed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @property
-    def lanes(self) -> Lanes:
-        """Return the real lanes logic over the in-memory bucket."""
-        return Lanes(cast(KeyValue, self.lanes_kv))
+    # ---- GatewayBus ---------------------------------------------------------------------
 
     async def request(
         self,
@@ -325,10 +455,9 @@ class FakeBus:
         meta: RequestMeta,
         timeout: float | None = None,
     ) -> R:
-        """Answer from the fake history or an extra handler, or fail as told."""
+        """Answer from the fake history or memory or an extra handler, or fail as told."""
         self.calls.append((subject, meta))
-        if subject in self.failures:
-            raise self.failures[subject]
+        self._op(subject)
         if subject in self.extra:
             reply = self.extra[subject](body)
         elif subject in (routes := {**self.history.handlers(), **self.memory.handlers()}):
@@ -337,81 +466,130 @@ class FakeBus:
             raise BusUnavailable(f"no service answers {subject}")
         return reply_type.model_validate_json(reply.model_dump_json())
 
-    async def publish(
-        self,
-        subject: str,
-        body: Contract,
-        meta: RequestMeta,
-        *,
-        stream: str | None = None,
-        msg_id: str | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Record the publication, or fail as told."""
-        self.calls.append((subject, meta))
-        if subject in self.failures:
-            raise self.failures[subject]
-        self.published.append(Published(subject, body, meta, stream, msg_id))
-        self._published.set()
-
-    async def next_publication(self, timeout: float = 10.0) -> Published:
-        """Wait for the first publication and return it."""
-        await asyncio.wait_for(self._published.wait(), timeout)
-        return self.published[0]
-
-    async def published_on(self, subject: str, timeout: float = 10.0) -> Published:
-        """Wait for the first publication on ``subject`` and return it."""
-        async with asyncio.timeout(timeout):
-            while not (found := [p for p in self.published if p.subject == subject]):
-                self._published.clear()
-                await self._published.wait()
-        return found[0]
-
-    async def get_job(self, job_id: UUID) -> tuple[JobState, int] | None:
-        """Return a job and its revision."""
+    async def get_job(self, job_id: UUID) -> JobState | None:
+        """Return a job's state."""
+        self._op("get_job")
         return self.jobs.get(job_id)
 
     async def create_job(self, state: JobState) -> int | None:
-        """Store a new job unless the id is taken."""
+        """Store a new job unless the id is taken; return its revision."""
+        self._op("create_job")
         if state.id in self.jobs:
             return None
-        self._store(state, 1)
-        return 1
+        return self._store(state)
 
-    async def update_job(self, state: JobState, revision: int) -> int | None:
-        """Replace a job at the expected revision."""
-        self._fail_if_told("update_job")
-        current = self.jobs.get(state.id)
-        if current is None or current[1] != revision:
-            return None
-        self._store(state, revision + 1)
-        return revision + 1
-
-    async def delete_job(self, job_id: UUID, revision: int) -> bool:
-        """Delete a job at the expected revision."""
-        current = self.jobs.get(job_id)
-        if current is None or current[1] != revision:
-            return False
+    async def delete_job(self, job_id: UUID, revision: int) -> None:
+        """Delete a job still at ``revision``."""
+        self._op("delete_job")
+        if self.revisions.get(job_id) != revision:
+            raise KvConflict(f"job {job_id} is not at revision {revision}")
         del self.jobs[job_id]
-        return True
+        del self.revisions[job_id]
+        self._changed.set()
+
+    async def wait_job(self, job_id: UUID, timeout: float) -> JobState | None:
+        """Wait for the job to end, waking on every change; return its latest state."""
+        self._op("wait_job")
+        try:
+            async with asyncio.timeout(timeout):
+                while (current := self.jobs.get(job_id)) is None or not current.finished:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        return self.jobs.get(job_id)
+
+    async def request_cancel(self, request: CancelRequest) -> None:
+        """Record a cancel request under the job id."""
+        self._op("request_cancel")
+        self.cancels[request.job_id] = request
+        self._cancelled.set()
 
     @asynccontextmanager
-    async def follow_job(self, job_id: UUID) -> AsyncIterator[JobFeed]:
-        """Feed the job's current state, then every later write and delta, until closed."""
-        feed = JobFeed()
-        if (current := self.jobs.get(job_id)) is not None:
-            feed.put(current)
-        self.feeds.setdefault(job_id, []).append(feed)
+    async def follow_job(self, job_id: UUID, after: int) -> AsyncIterator[EventFeed]:
+        """Feed the job's events stored after ``after``, until closed."""
+        self._op("follow_job")
         self.feeds_opened += 1
+        self.feeds_open += 1
         self._followed.set()
         try:
-            yield feed
+            yield FakeFeed(self, job_id, after)
         finally:
-            self.feeds[job_id].remove(feed)
+            self.feeds_open -= 1
 
-    def open_feeds(self) -> int:
-        """Count the feeds not closed yet."""
-        return sum(len(feeds) for feeds in self.feeds.values())
+    # ---- the agent's side ---------------------------------------------------------------
+
+    def set_job(self, state: JobState) -> JobState:
+        """Write a job's state as the agent would."""
+        self._store(state)
+        return state
+
+    def move(self, job_id: UUID, **update: Any) -> JobState:
+        """Change a job's state as the agent would."""
+        return self.set_job(self.jobs[job_id].model_copy(update=update))
+
+    def emit(self, job_id: UUID, kind: str, body: BaseModel | bytes) -> int:
+        """Store one event of a job in the stream; return its position."""
+        self.seq += 1
+        data = body if isinstance(body, bytes) else body.model_dump_json().encode()
+        self.events.append((job_id, StoredEvent(self.seq, kind, data)))
+        self._emitted.set()
+        return self.seq
+
+    def start(self, job_id: UUID) -> JobState:
+        """Start the job's next attempt: its state, then its status event."""
+        state = self.jobs[job_id]
+        running = self.move(
+            job_id, status="running", attempts=state.attempts + 1,
+            started_at=state.started_at or utcnow(),
+        )
+        self.emit(job_id, "status", running)
+        return running
+
+    def requeue(self, job_id: UUID) -> JobState:
+        """End an attempt that failed with attempts left: queued again, announced."""
+        queued = self.move(job_id, status="queued")
+        self.emit(job_id, "status", queued)
+        return queued
+
+    def delta(self, job_id: UUID, text: str) -> int:
+        """Publish a piece of the reply of the job's current attempt."""
+        attempt = max(1, self.jobs[job_id].attempts)
+        return self.emit(job_id, "delta", ChatDelta(job_id=job_id, attempt=attempt, text=text))
+
+    def tool(self, job_id: UUID, name: str, arguments: str, result: str) -> None:
+        """Publish a tool call of the current attempt and what the tool answered."""
+        attempt = max(1, self.jobs[job_id].attempts)
+        call_id = f"call-{self.seq}"
+        self.emit(job_id, "tool_call", ToolCalled(
+            job_id=job_id, attempt=attempt, call_id=call_id, name=name, arguments=arguments,
+        ))
+        self.emit(job_id, "tool_result", ToolReturned(
+            job_id=job_id, attempt=attempt, call_id=call_id, name=name, result=result,
+        ))
+
+    def finish(
+        self, job_id: UUID, status: FinalStatus = "completed", text: str = "hello!",
+        *, event: bool = True,
+    ) -> JobState:
+        """End the job as the agent does: reply or end noted in history, state, final event."""
+        state = self.jobs[job_id]
+        update: dict[str, Any] = {"status": status, "finished_at": utcnow()}
+        if status == "completed":
+            update["attempts"] = max(1, state.attempts)
+            reply = self.history.append_message(AppendMessage(
+                user_id=state.user_id, session_id=state.session_id, job_id=job_id,
+                role="assistant", content=text,
+            ))
+            update["reply"] = reply.message
+        else:
+            self.history.end_job(EndJob(user_id=state.user_id, job_id=job_id))
+            if status == "failed":
+                update["error"] = JobError(code="llm_error", message="the model failed")
+        final = self.move(job_id, **update)
+        if event:
+            self.emit(job_id, status, final)
+        return final
 
     async def followed(self, count: int = 1, timeout: float = 10.0) -> None:
         """Wait until ``count`` feeds have been opened in all."""
@@ -420,75 +598,27 @@ class FakeBus:
                 self._followed.clear()
                 await self._followed.wait()
 
-    def publish_delta(self, job_id: UUID, seq: int, text: str) -> None:
-        """Publish a piece of the reply as the agent would."""
-        for feed in self.feeds.get(job_id, []):
-            feed.put(ChatDelta(job_id=job_id, seq=seq, text=text))
+    async def cancel_requested(self, job_id: UUID, timeout: float = 10.0) -> CancelRequest:
+        """Wait until a cancel of the job is requested; return the request."""
+        async with asyncio.timeout(timeout):
+            while job_id not in self.cancels:
+                self._cancelled.clear()
+                await self._cancelled.wait()
+        return self.cancels[job_id]
 
-    async def append_to_lane(self, key: str, job_id: UUID, limit: int | None = None) -> JobLane:
-        """Append to a lane in the in-memory bucket."""
-        self._fail_if_told("lanes")
-        return await self.lanes.append(key, job_id, limit)
+    # ---- inside -------------------------------------------------------------------------
 
-    async def change_lane(self, key: str, edit: Callable[[JobLane], JobLane]) -> JobLane:
-        """Change a lane in the in-memory bucket."""
-        self._fail_if_told("lanes")
-        return await self.lanes.change(key, edit)
+    def _op(self, name: str) -> None:
+        self.ops.append(name)
+        if name in self.failures:
+            raise self.failures[name]
 
-    async def remove_from_lane(self, key: str, job_id: UUID) -> JobLane:
-        """Remove from a lane in the in-memory bucket."""
-        self._fail_if_told("lanes")
-        return await self.lanes.remove(key, job_id)
-
-    async def prune_lane(
-        self, key: str, is_finished: Callable[[UUID], Awaitable[bool]]
-    ) -> JobLane:
-        """Prune a lane in the in-memory bucket."""
-        self._fail_if_told("lanes")
-        return await self.lanes.prune(key, is_finished)
-
-    async def take_rate(self, key: str, limit: int, window: float) -> RateDecision:
-        """Take a slot of a sliding window in the in-memory bucket."""
-        self._fail_if_told("rates")
-        window_kv = SlidingWindow(cast(KeyValue, self.rates_kv), self.rate_clock)
-        return await window_kv.take(key, limit, window)
-
-    def lane(self, key: str) -> tuple[UUID, ...]:
-        """Return the jobs of a lane."""
-        entry = self.lanes_kv.entries.get(key)
-        return JobLane.model_validate_json(entry.value).jobs if entry else ()
-
-    def _fail_if_told(self, operation: str) -> None:
-        if operation in self.failures:
-            raise self.failures[operation]
-
-    async def watch_job(self, job_id: UUID, timeout: float) -> JobState | None:
-        """Wait for the job to end, waking on every change."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            current = self.jobs.get(job_id)
-            if current is not None and current[0].finished:
-                return current[0]
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return current[0] if current else None
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
-
-    def set_job(self, state: JobState) -> None:
-        """Write a job's state as the agent would."""
-        revision = self.jobs[state.id][1] + 1 if state.id in self.jobs else 1
-        self._store(state, revision)
-
-    def _store(self, state: JobState, revision: int) -> None:
-        self.jobs[state.id] = (state, revision)
-        for feed in self.feeds.get(state.id, []):
-            feed.put((state, revision))
+    def _store(self, state: JobState) -> int:
+        self.revision += 1
+        self.jobs[state.id] = state
+        self.revisions[state.id] = self.revision
         self._changed.set()
+        return self.revision
 
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256"

@@ -1,4 +1,10 @@
-"""Lanes, backpressure, multitask, cancel and leases through the gateway over an in-memory bus."""
+"""Admission (limits, order, multitask), idempotency and cancel, over an in-memory bus.
+
+The gateway creates a job's record and asks history to admit the message; history
+decides limits, the job the new one follows and multitask in that append. A refused
+message leaves nothing behind. A cancel is a request in the cancel bucket, which the
+agent carries out.
+"""
 
 import asyncio
 import uuid
@@ -6,12 +12,18 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from contracts import subjects
-from contracts.base import utcnow
-from contracts.chat import CancelJob, JobState
-from services.runtime.meta import BusUnavailable
-from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
+from contracts.base import BusError, utcnow
+from contracts.chat import CancelRequest, JobState
+from contracts.history import Admission, AppendMessage, MessageReply
+from services.gateway.errors import Conflict, NotFound, TooManyRequests
+from services.gateway.jobs import Jobs
+from services.gateway.service import Caller, GatewayService
+from tests.unit.test_gateway_fakes import JOBS_RETRY_AFTER, FakeBus, bearer, gateway_client
+
+WAIT = 10.0
 
 
 async def new_session(client: httpx.AsyncClient, user: str = "alice") -> str:
@@ -31,63 +43,69 @@ async def post(
 
 
 def job_of(bus: FakeBus, response: httpx.Response) -> JobState:
-    return bus.jobs[uuid.UUID(response.json()["id"])][0]
+    assert response.status_code in (200, 202), response.text
+    return bus.jobs[uuid.UUID(response.json()["id"])]
 
 
-def move(bus: FakeBus, job_id: uuid.UUID, **update: Any) -> JobState:
-    """Write a job's state as the agent would."""
-    state = bus.jobs[job_id][0].model_copy(update=update)
-    bus.set_job(state)
-    return state
+# ---- admission ------------------------------------------------------------------------------
 
 
-def run(bus: FakeBus, job_id: uuid.UUID, lease_seconds: float = 30) -> JobState:
-    return move(
-        bus,
-        job_id,
-        status="running",
-        attempts=1,
-        started_at=utcnow(),
-        lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+async def test_the_append_carries_what_history_admits_the_job_by() -> None:
+    bus = FakeBus()
+    seen: list[AppendMessage] = []
+
+    def append(command: AppendMessage) -> MessageReply:
+        seen.append(command)
+        return bus.history.append_message(command)
+
+    bus.extra[subjects.HISTORY_MESSAGE_APPEND] = append
+    limits = {"max_active_jobs_per_user": 5, "max_messages_per_minute": 7}
+    async with gateway_client(bus, **limits) as (client, _):
+        sid = await new_session(client)
+        job = job_of(bus, await post(client, sid, "?multitask=interrupt"))
+    [command] = seen
+    assert (command.user_id, command.session_id, command.job_id, command.role) == (
+        "alice", uuid.UUID(sid), job.id, "user",
+    )
+    assert command.admission == Admission(
+        revision=bus.revisions[job.id], created_at=job.created_at, multitask="interrupt",
+        max_active_jobs=5, max_messages_per_minute=7,
     )
 
 
-async def test_jobs_join_the_user_and_session_lanes_in_order() -> None:
+async def test_too_many_jobs_answers_429_with_retry_after_and_leaves_nothing() -> None:
     bus = FakeBus()
-    async with gateway_client(bus) as (client, _):
-        sid = await new_session(client)
-        ids = [uuid.UUID((await post(client, sid)).json()["id"]) for _ in range(3)]
-    assert bus.lane(subjects.session_lane(sid)) == tuple(ids)
-    assert bus.lane(subjects.user_lane("alice")) == tuple(ids)
-
-
-async def test_limit_answers_429_with_retry_after_and_queues_nothing() -> None:
-    bus = FakeBus()
-    async with gateway_client(bus, max_active_jobs_per_user=2, retry_after_seconds=7) as (
-        client,
-        _,
-    ):
+    async with gateway_client(bus, max_active_jobs_per_user=2) as (client, _):
         sid = await new_session(client)
         first, second = await post(client, sid), await post(client, sid)
         refused = await post(client, sid, **{"Idempotency-Key": "k"})
         other_user = await post(client, await new_session(client, "bob"), user="bob")
-        # A job that ended without leaving its lane (its worker crashed) is pruned.
-        move(bus, job_of(bus, first).id, status="completed", finished_at=utcnow())
+        bus.finish(job_of(bus, first).id)
         retried = await post(client, sid, **{"Idempotency-Key": "k"})
     assert first.status_code == second.status_code == 202
     assert refused.status_code == 429
-    assert refused.headers["retry-after"] == "7"
+    assert refused.headers["retry-after"] == "3"  # history's retry_after, 2.5 s, rounded up
+    assert JOBS_RETRY_AFTER == 2.5
     assert refused.headers["content-type"] == "application/problem+json"
     assert other_user.status_code == 202
+    # The refused record was deleted, so the same key is free once a job has ended.
     assert retried.status_code == 202 and retried.json()["status"] == "queued"
-    published = [p.msg_id for p in bus.published]
-    assert published == [first.json()["id"], second.json()["id"], other_user.json()["id"],
+    announced = [str(r.job_id) for r in bus.history.requested]
+    assert announced == [first.json()["id"], second.json()["id"], other_user.json()["id"],
                          retried.json()["id"]]
-    assert len(bus.history.messages[uuid.UUID(sid)]) == 3
-    assert bus.lane(subjects.user_lane("alice")) == (
-        job_of(bus, second).id,
-        job_of(bus, retried).id,
-    )
+    assert len(bus.history.messages[uuid.UUID(sid)]) == 4  # three user messages, one reply
+
+
+async def test_messages_over_the_minute_answer_429_with_the_time_left() -> None:
+    bus = FakeBus()
+    async with gateway_client(bus, max_messages_per_minute=2) as (client, _):
+        sid = await new_session(client)
+        accepted = [await post(client, sid), await post(client, sid)]
+        refused = await post(client, sid)
+    assert [r.status_code for r in accepted] == [202, 202]
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "60"
+    assert len(bus.jobs) == 2
 
 
 async def test_reject_answers_409_while_the_session_is_busy() -> None:
@@ -96,37 +114,33 @@ async def test_reject_answers_409_while_the_session_is_busy() -> None:
         sid = await new_session(client)
         first = await post(client, sid)
         refused = await post(client, sid, "?multitask=reject")
-        move(bus, job_of(bus, first).id, status="failed", finished_at=utcnow())
+        bus.finish(job_of(bus, first).id, "failed")
         accepted = await post(client, sid, "?multitask=reject")
     assert refused.status_code == 409
-    assert [p.msg_id for p in bus.published] == [first.json()["id"], accepted.json()["id"]]
+    assert accepted.status_code == 202
+    assert [str(r.job_id) for r in bus.history.requested] == [
+        first.json()["id"], accepted.json()["id"],
+    ]
     assert len(bus.jobs) == 2  # the refused job was discarded
-    # The session lane was pruned of the failed job; the user lane is pruned only when full.
-    assert bus.lane(subjects.session_lane(sid)) == (job_of(bus, accepted).id,)
-    user_lane = bus.lane(subjects.user_lane("alice"))
-    assert user_lane == (job_of(bus, first).id, job_of(bus, accepted).id)
-    assert len(bus.history.messages[uuid.UUID(sid)]) == 2
 
 
-async def test_interrupt_cancels_the_sessions_jobs_and_queues_the_new_one() -> None:
+async def test_interrupt_asks_to_cancel_the_sessions_jobs_and_queues_the_new_one() -> None:
     bus = FakeBus()
     async with gateway_client(bus) as (client, _):
         sid = await new_session(client)
         running = job_of(bus, await post(client, sid))
         waiting = job_of(bus, await post(client, sid))
-        run(bus, running.id)
+        other = job_of(bus, await post(client, await new_session(client, "bob"), user="bob"))
+        bus.start(running.id)
         new = await post(client, sid, "?multitask=interrupt")
     assert new.status_code == 202 and new.json()["status"] == "queued"
-    assert bus.jobs[running.id][0].status == "running"  # only the agent ends a running job
-    assert bus.jobs[running.id][0].cancel_requested
-    assert bus.jobs[waiting.id][0].status == "cancelled"
-    cancels = [p for p in bus.published if p.subject == subjects.CHAT_CANCEL]
-    assert [p.body for p in cancels] == [CancelJob(job_id=running.id, user_id="alice")]
-    assert cancels[0].stream is None  # core NATS: every agent replica hears it
-    new_id = uuid.UUID(new.json()["id"])
-    assert bus.lane(subjects.session_lane(sid)) == (running.id, new_id)
-    assert bus.lane(subjects.user_lane("alice")) == (running.id, new_id)
-    assert bus.published[-1].msg_id == str(new_id)
+    assert set(bus.cancels) == {running.id, waiting.id}
+    assert {c.user_id for c in bus.cancels.values()} == {"alice"}
+    # Only the agent moves a job: the gateway asked, and the states are as they were.
+    assert bus.jobs[running.id].status == "running"
+    assert bus.jobs[waiting.id].status == "queued"
+    assert other.id not in bus.cancels
+    assert str(bus.history.requested[-1].job_id) == new.json()["id"]
 
 
 async def test_unknown_multitask_answers_422() -> None:
@@ -136,7 +150,7 @@ async def test_unknown_multitask_answers_422() -> None:
         response = await post(client, sid, "?multitask=replace")
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["query", "multitask"]
-    assert bus.published == [] and bus.jobs == {}
+    assert bus.jobs == {} and bus.history.requested == []
 
 
 async def test_multitask_is_documented() -> None:
@@ -150,19 +164,127 @@ async def test_multitask_is_documented() -> None:
     assert "text/event-stream" in str(spec["paths"]["/api/jobs/{job_id}/events"])
 
 
-async def test_cancel_a_queued_job_empties_its_lanes() -> None:
+# ---- submit_message, without HTTP ---------------------------------------------------------------
+
+
+def service(bus: FakeBus, **limits: Any) -> GatewayService:
+    return GatewayService(bus, timeout=2.0, max_content_bytes=1000, cancel_wait=0.05, **limits)
+
+
+ALICE = Caller("alice", "req-1")
+
+
+async def session_of(bus: FakeBus, persona: str = "p") -> uuid.UUID:
+    return (await service(bus).create_session(Caller("alice", "req-0"), persona, None)).id
+
+
+async def test_submit_creates_the_record_then_asks_history_to_admit_the_message() -> None:
     bus = FakeBus()
-    async with gateway_client(bus) as (client, _):
+    sid = await session_of(bus)
+    bus.ops.clear()
+    submission = await service(bus, max_active_jobs=3, max_messages_per_minute=9).submit_message(
+        ALICE, sid, "hi", None, "interrupt"
+    )
+    assert submission.created and submission.job.status == "queued"
+    assert bus.ops == ["create_job", subjects.HISTORY_MESSAGE_APPEND]
+    [requested] = bus.history.requested
+    assert (requested.job_id, requested.revision) == (
+        submission.job.id, bus.revisions[submission.job.id],
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [("not_found", NotFound), ("conflict", Conflict), ("too_many_jobs", TooManyRequests),
+     ("rate_limited", TooManyRequests)],
+)
+async def test_a_refused_append_deletes_the_record_and_raises(
+    code: Any, error: type[Exception]
+) -> None:
+    def refuse(_: object) -> MessageReply:
+        return MessageReply(error=BusError(code=code, message="refused", retry_after=4.0))
+
+    bus = FakeBus(extra={subjects.HISTORY_MESSAGE_APPEND: refuse})
+    sid = await session_of(bus)
+    with pytest.raises(error) as raised:
+        await service(bus).submit_message(ALICE, sid, "hi", "key")
+    assert bus.jobs == {}
+    assert bus.ops[-2:] == [subjects.HISTORY_MESSAGE_APPEND, "delete_job"]
+    if isinstance(raised.value, TooManyRequests):
+        assert raised.value.retry_after == 4.0
+
+
+async def test_a_repeated_key_returns_the_job_and_sends_the_append_again_while_queued() -> None:
+    bus = FakeBus()
+    sid = await session_of(bus)
+    gateway = service(bus)
+    first = await gateway.submit_message(ALICE, sid, "hi", "same")
+    again = await gateway.submit_message(ALICE, sid, "hi", "same")
+    bus.start(first.job.id)
+    started = await gateway.submit_message(ALICE, sid, "hi", "same")
+
+    assert not again.created and again.job == first.job
+    assert started.job.status == "running" and started.job.attempts == 1
+    appends = [op for op in bus.ops if op == subjects.HISTORY_MESSAGE_APPEND]
+    assert len(appends) == 2  # sent again while queued with no attempt; not once started
+    assert len(bus.history.requested) == 1  # history admitted the message once
+    assert len(bus.history.messages[sid]) == 1
+
+
+async def test_a_repeated_key_for_another_session_is_a_conflict() -> None:
+    bus = FakeBus()
+    sid, other = await session_of(bus), await session_of(bus, "q")
+    await service(bus).submit_message(ALICE, sid, "hi", "same")
+    with pytest.raises(Conflict, match="another session"):
+        await service(bus).submit_message(ALICE, other, "hi", "same")
+
+
+async def test_content_over_the_limit_is_refused_before_any_round_trip() -> None:
+    bus = FakeBus()
+    sid = await session_of(bus)
+    bus.ops.clear()
+    with pytest.raises(Exception, match="over 1000 bytes"):
+        await service(bus).submit_message(ALICE, sid, "é" * 501, None)
+    assert bus.ops == []
+
+
+# ---- cancel -----------------------------------------------------------------------------------
+
+
+async def test_cancel_writes_a_request_and_answers_the_state_the_agent_ended_it_in() -> None:
+    bus = FakeBus()
+    async with gateway_client(bus, cancel_wait_seconds=WAIT) as (client, _):
         sid = await new_session(client)
-        job = (await post(client, sid)).json()
-        cancelled = await client.post(f"/api/jobs/{job['id']}/cancel", headers=bearer())
-        again = await client.post(f"/api/jobs/{job['id']}/cancel", headers=bearer())
-    assert cancelled.status_code == 202
-    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
+        job = job_of(bus, await post(client, sid))
+        bus.start(job.id)
+
+        async def agent() -> None:
+            await bus.cancel_requested(job.id)
+            bus.finish(job.id, "cancelled")
+
+        worker = asyncio.create_task(agent())
+        before = utcnow()
+        response = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
+        await asyncio.wait_for(worker, WAIT)
+        again = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelled" and response.json()["finished_at"]
+    request = bus.cancels[job.id]
+    assert (request.job_id, request.user_id) == (job.id, "alice")
+    assert before <= request.requested_at <= utcnow()
     assert again.status_code == 409
-    assert bus.lane(subjects.session_lane(sid)) == ()
-    assert bus.lane(subjects.user_lane("alice")) == ()
-    assert not [p for p in bus.published if p.subject == subjects.CHAT_CANCEL]
+
+
+async def test_cancel_answers_the_current_state_when_the_agent_is_slow() -> None:
+    bus = FakeBus()
+    async with gateway_client(bus, cancel_wait_seconds=0.05) as (client, _):
+        sid = await new_session(client)
+        job = job_of(bus, await post(client, sid))
+        response = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert job.id in bus.cancels
+    assert bus.jobs[job.id].status == "queued"  # the gateway never writes the record again
 
 
 async def test_cancel_of_a_finished_missing_or_foreign_job() -> None:
@@ -172,96 +294,38 @@ async def test_cancel_of_a_finished_missing_or_foreign_job() -> None:
         job = job_of(bus, await post(client, sid))
         foreign = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer("mallory"))
         missing = await client.post(f"/api/jobs/{uuid.uuid4()}/cancel", headers=bearer())
-        move(bus, job.id, status="completed", finished_at=utcnow())
+        bus.finish(job.id)
         finished = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
     assert foreign.status_code == missing.status_code == 404
     assert finished.status_code == 409
-    assert bus.jobs[job.id][0].status == "completed"
+    assert finished.headers["content-type"] == "application/problem+json"
+    assert bus.cancels == {}
+    assert bus.jobs[job.id].status == "completed"
 
 
-async def test_cancel_a_running_job_waits_for_the_agent() -> None:
+async def test_jobs_cancel_waits_for_the_end_and_asks_nothing_of_an_ended_job() -> None:
     bus = FakeBus()
-    async with gateway_client(bus) as (client, _):
-        sid = await new_session(client)
-        job = job_of(bus, await post(client, sid))
-        run(bus, job.id)
+    sid = await session_of(bus)
+    job = (await service(bus).submit_message(ALICE, sid, "hi", None)).job
+    jobs = Jobs(bus, cancel_wait=WAIT)
 
-        async def agent() -> None:
-            await bus.published_on(subjects.CHAT_CANCEL)
-            assert bus.jobs[job.id][0].cancel_requested
-            move(bus, job.id, status="cancelled", finished_at=utcnow(), lease_expires_at=None)
+    async def agent() -> None:
+        await bus.cancel_requested(job.id)
+        await asyncio.sleep(0.02)
+        bus.finish(job.id, "cancelled")
 
-        worker = asyncio.create_task(agent())
-        response = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
-        await asyncio.wait_for(worker, 10)
-    assert response.status_code == 202
-    assert response.json()["status"] == "cancelled"
+    worker = asyncio.create_task(agent())
+    ended = await jobs.cancel("alice", job.id)
+    await worker
 
-
-async def test_cancel_answers_the_running_state_when_the_agent_is_slow() -> None:
-    bus = FakeBus()
-    async with gateway_client(bus, cancel_wait_seconds=0.05) as (client, _):
-        sid = await new_session(client)
-        job = job_of(bus, await post(client, sid))
-        run(bus, job.id)
-        response = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
-    assert response.status_code == 202
-    assert response.json()["status"] == "running"
-    assert bus.jobs[job.id][0].cancel_requested
-
-
-async def test_running_job_with_an_expired_lease_is_served_as_queued() -> None:
-    bus = FakeBus()
-    async with gateway_client(bus) as (client, _):
-        sid = await new_session(client)
-        job = job_of(bus, await post(client, sid))
-        run(bus, job.id, lease_seconds=-1)
-        polled = await client.get(f"/api/jobs/{job.id}", headers=bearer())
-    assert polled.status_code == 200
-    assert polled.json()["status"] == "queued" and polled.json()["attempts"] == 1
-    stored = bus.jobs[job.id][0]
-    assert stored.status == "queued" and stored.lease_expires_at is None
-
-
-async def test_cancel_of_a_job_whose_worker_died_cancels_it_as_queued() -> None:
-    bus = FakeBus()
-    async with gateway_client(bus) as (client, _):
-        sid = await new_session(client)
-        job = job_of(bus, await post(client, sid))
-        run(bus, job.id, lease_seconds=-1)
-        response = await client.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
-    assert response.json()["status"] == "cancelled"
-    assert bus.lane(subjects.session_lane(sid)) == ()
-
-
-async def test_lanes_down_answers_503_and_fails_the_job() -> None:
-    bus = FakeBus(failures={"lanes": BusUnavailable("lanes bucket gone")})
-    async with gateway_client(bus) as (client, _):
-        sid = await new_session(client)
-        response = await post(client, sid)
-    assert response.status_code == 503 and response.headers["retry-after"]
-    assert bus.published == []
-    [(state, _)] = bus.jobs.values()
-    assert state.status == "failed"
-
-
-async def test_failure_after_the_lanes_fails_the_job_and_leaves_the_lanes() -> None:
-    bus = FakeBus(failures={subjects.CHAT_REQUESTED: BusUnavailable("no stream")})
-    async with gateway_client(bus) as (client, _):
-        sid = await new_session(client)
-        response = await post(client, sid)
-    assert response.status_code == 503 and response.headers["retry-after"]
-    [(state, _)] = bus.jobs.values()
-    assert state.status == "failed"
-    assert bus.lane(subjects.session_lane(sid)) == ()
-    assert bus.lane(subjects.user_lane("alice")) == ()
-
-
-async def test_idempotent_repeat_leaves_the_lanes_alone() -> None:
-    bus = FakeBus()
-    async with gateway_client(bus, max_active_jobs_per_user=1) as (client, _):
-        sid = await new_session(client)
-        first = await post(client, sid, **{"Idempotency-Key": "same"})
-        again = await post(client, sid, "?multitask=reject", **{"Idempotency-Key": "same"})
-    assert again.status_code == 202 and again.json() == first.json()
-    assert bus.lane(subjects.user_lane("alice")) == (job_of(bus, first).id,)
+    assert ended.status == "cancelled"
+    assert bus.cancels[job.id] == CancelRequest(
+        job_id=job.id, user_id="alice", requested_at=bus.cancels[job.id].requested_at
+    )
+    assert utcnow() - bus.cancels[job.id].requested_at < timedelta(seconds=WAIT)
+    bus.cancels.clear()
+    with pytest.raises(Conflict, match="already ended: cancelled"):
+        await jobs.cancel("alice", job.id)
+    with pytest.raises(NotFound):
+        await jobs.cancel("mallory", job.id)
+    assert bus.cancels == {}

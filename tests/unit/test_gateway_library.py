@@ -1,14 +1,12 @@
 """Archive, delete, the history feed and memories through the gateway over an in-memory bus."""
 
 import uuid
-from datetime import timedelta
 
 import httpx
 import pytest
 
 from contracts import subjects
-from contracts.base import utcnow
-from contracts.chat import CancelJob, JobState
+from contracts.chat import JobState
 from services.runtime.meta import BusTimeout
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
 
@@ -30,7 +28,7 @@ async def say(client: httpx.AsyncClient, sid: str, content: str, user: str = "al
 
 
 def job(bus: FakeBus, job_id: str) -> JobState:
-    return bus.jobs[uuid.UUID(job_id)][0]
+    return bus.jobs[uuid.UUID(job_id)]
 
 
 async def test_archive_answers_202_and_a_repeat_changes_nothing() -> None:
@@ -88,49 +86,38 @@ async def test_delete_of_a_missing_or_foreign_session_is_404_and_cancels_nothing
     assert foreign.status_code == missing.status_code == 404
     assert read.status_code == 200
     assert job(bus, queued).status == "queued"
-    assert subjects.HISTORY_SESSION_DELETE not in [subject for subject, _ in bus.calls]
+    assert bus.cancels == {}
 
 
-async def test_delete_cancels_the_sessions_unfinished_jobs_first() -> None:
+async def test_delete_asks_to_cancel_the_sessions_unfinished_jobs() -> None:
     bus = FakeBus()
     async with gateway_client(bus) as (client, _):
         sid = await new_session(client)
         other = await new_session(client, persona="q")
+        done = await say(client, sid, "zero")
+        bus.finish(uuid.UUID(done))
         running, queued = await say(client, sid, "one"), await say(client, sid, "two")
         elsewhere = await say(client, other, "three")
-        done = await say(client, sid, "zero")
-        lease = utcnow() + timedelta(seconds=30)
-        bus.set_job(
-            job(bus, running).model_copy(
-                update={"status": "running", "attempts": 1, "lease_expires_at": lease}
-            )
-        )
-        ended = {"status": "completed", "finished_at": utcnow()}
-        bus.set_job(job(bus, done).model_copy(update=ended))
-        bus.calls.clear()
+        bus.start(uuid.UUID(running))
+        bus.ops.clear()
         deleted = await client.delete(f"/api/sessions/{sid}", headers=bearer())
     assert deleted.status_code == 204
-    assert job(bus, queued).status == "cancelled" and job(bus, queued).finished_at is not None
-    # Only the agent ends a running job: it is asked to, and does not wait here.
-    assert job(bus, running).status == "running" and job(bus, running).cancel_requested
-    assert job(bus, done).status == "completed" and not job(bus, done).cancel_requested
-    assert job(bus, elsewhere).status == "queued"
-    cancels = [p.body for p in bus.published if p.subject == subjects.CHAT_CANCEL]
-    assert cancels == [CancelJob(job_id=uuid.UUID(running), user_id="alice")]
-    order = [subject for subject, _ in bus.calls]
-    assert order.index(subjects.CHAT_CANCEL) < order.index(subjects.HISTORY_SESSION_DELETE)
-    assert bus.lane(subjects.session_lane(sid)) == (uuid.UUID(running),)
-    assert bus.lane(subjects.session_lane(other)) == (uuid.UUID(elsewhere),)
+    assert set(bus.cancels) == {uuid.UUID(running), uuid.UUID(queued)}
+    assert {c.user_id for c in bus.cancels.values()} == {"alice"}
+    # The jobs history named are asked to stop: the agent ends them, not the gateway.
+    assert bus.ops == [subjects.HISTORY_SESSION_DELETE, "request_cancel", "request_cancel"]
+    assert job(bus, running).status == "running" and job(bus, queued).status == "queued"
+    assert job(bus, done).status == "completed" and job(bus, elsewhere).status == "queued"
 
 
-async def test_history_down_during_delete_answers_504_after_cancelling() -> None:
+async def test_history_silent_during_delete_answers_504_and_cancels_nothing() -> None:
     bus = FakeBus(failures={subjects.HISTORY_SESSION_DELETE: BusTimeout("no answer")})
     async with gateway_client(bus) as (client, _):
         sid = await new_session(client)
-        queued = await say(client, sid, "hi")
+        await say(client, sid, "hi")
         deleted = await client.delete(f"/api/sessions/{sid}", headers=bearer())
     assert deleted.status_code == 504
-    assert job(bus, queued).status == "cancelled"
+    assert bus.cancels == {}
     assert uuid.UUID(sid) in bus.history.sessions
 
 

@@ -8,9 +8,7 @@ from typing import Any
 import httpx
 
 from contracts import subjects
-from contracts.base import Pong, utcnow
-from contracts.chat import JobLane, JobState, RequestChat
-from contracts.history import MessageRecord
+from contracts.base import Pong
 from services.runtime.meta import BusTimeout, BusUnavailable
 from tests.unit.test_gateway_fakes import FakeBus, bearer, gateway_client
 
@@ -88,15 +86,17 @@ async def test_another_users_session_and_job_are_not_found() -> None:
         assert (await client.get(f"/api/jobs/{uuid.uuid4()}", headers=bearer())).status_code == 404
 
 
-async def test_post_message_stores_it_and_queues_one_job() -> None:
+async def test_post_message_creates_the_job_and_history_stores_and_queues_it() -> None:
     bus = FakeBus()
     async with gateway_client(bus) as (client, _):
         sid = await new_session(client)
+        bus.ops.clear()
         response = await client.post(
             f"/api/sessions/{sid}/messages",
             json={"content": "what is NATS?"},
             headers={**bearer(), "X-Request-ID": "post-1"},
         )
+        ops = list(bus.ops)
         messages = (await client.get(f"/api/sessions/{sid}/messages", headers=bearer())).json()
         polled = await client.get(response.headers["location"], headers=bearer())
     assert response.status_code == 202
@@ -104,16 +104,17 @@ async def test_post_message_stores_it_and_queues_one_job() -> None:
     assert response.headers["location"] == f"/api/jobs/{job['id']}"
     assert job["status"] == "queued" and job["attempts"] == 0 and job["reply"] is None
     assert polled.json() == job
+    # Two round trips: the job record, and history's append that admits the message.
+    assert ops == ["create_job", subjects.HISTORY_MESSAGE_APPEND]
     [message] = messages["items"]
     assert message["role"] == "user" and message["job_id"] == job["id"]
-    [published] = bus.published
-    assert published.subject == subjects.CHAT_REQUESTED
-    assert published.stream == subjects.CHAT_JOBS_STREAM.name
-    assert published.msg_id == job["id"]
-    assert isinstance(published.body, RequestChat)
-    assert str(published.body.message_id) == message["id"]
-    assert published.body.content == "what is NATS?"
-    assert published.body.persona == "default"
+    [requested] = bus.history.requested  # announced by history's outbox, not the gateway
+    assert str(requested.job_id) == job["id"]
+    assert str(requested.message_id) == message["id"]
+    assert requested.content == "what is NATS?" and requested.persona == "default"
+    assert requested.revision == bus.revisions[requested.job_id]
+    assert requested.follows is None
+    assert requested.created_at == bus.jobs[requested.job_id].created_at
 
 
 async def test_every_bus_call_carries_request_meta() -> None:
@@ -128,10 +129,7 @@ async def test_every_bus_call_carries_request_meta() -> None:
             headers={**bearer("alice"), "X-Request-ID": "meta-1"},
         )
     # One history request per message: the append checks the session and names its persona.
-    assert [subject for subject, _ in bus.calls] == [
-        subjects.HISTORY_MESSAGE_APPEND,
-        subjects.CHAT_REQUESTED,
-    ]
+    assert [subject for subject, _ in bus.calls] == [subjects.HISTORY_MESSAGE_APPEND]
     for _, meta in bus.calls:
         assert meta.request_id == "meta-1"
         assert meta.user_id == "alice"
@@ -151,10 +149,10 @@ async def test_blank_content_and_bad_wait_get_422() -> None:
     for response in (blank, empty, too_long, negative, extra):
         assert response.status_code == 422
         assert response.json()["errors"]
-    assert bus.published == []
+    assert bus.jobs == {} and bus.history.requested == []
 
 
-async def test_message_to_archived_or_missing_session() -> None:
+async def test_message_to_archived_or_missing_session_leaves_no_job() -> None:
     bus = FakeBus()
     async with gateway_client(bus) as (client, _):
         old = await new_session(client)
@@ -167,10 +165,9 @@ async def test_message_to_archived_or_missing_session() -> None:
         )
     assert archived.status_code == 409
     assert missing.status_code == 404
-    assert bus.published == [] and bus.jobs == {}
-    # The refused jobs joined their lanes before history refused them, and left again.
-    lanes = [JobLane.model_validate_json(e.value) for e in bus.lanes_kv.entries.values()]
-    assert lanes and all(lane.jobs == () for lane in lanes)
+    # Each job record was created, refused by history, and deleted again.
+    assert bus.ops.count("create_job") == 2 and bus.ops.count("delete_job") == 2
+    assert bus.jobs == {} and bus.history.requested == []
 
 
 async def test_same_idempotency_key_returns_the_same_job() -> None:
@@ -189,7 +186,9 @@ async def test_same_idempotency_key_returns_the_same_job() -> None:
     assert first.status_code == again.status_code == 202
     assert first.json() == again.json()
     assert other_user.json()["id"] != first.json()["id"]
-    assert [p.msg_id for p in bus.published] == [first.json()["id"], other_user.json()["id"]]
+    announced = [str(r.job_id) for r in bus.history.requested]
+    assert announced == [first.json()["id"], other_user.json()["id"]]
+    assert len(bus.history.messages[uuid.UUID(sid)]) == 1
 
 
 async def test_idempotent_repeat_of_a_finished_job_answers_200() -> None:
@@ -199,13 +198,15 @@ async def test_idempotent_repeat_of_a_finished_job_answers_200() -> None:
         url = f"/api/sessions/{sid}/messages"
         headers = {**bearer(), "Idempotency-Key": "k-2"}
         first = await client.post(url, json={"content": "hi"}, headers=headers)
-        complete(bus, uuid.UUID(first.json()["id"]))
+        bus.finish(uuid.UUID(first.json()["id"]))
+        bus.calls.clear()
         again = await client.post(url, json={"content": "hi"}, headers=headers)
     assert again.status_code == 200
     assert again.json()["status"] == "completed"
     assert again.json()["reply"]["content"] == "hello!"
     assert "user_id" not in again.json()["reply"]
-    assert len(bus.published) == 1
+    assert bus.calls == []  # an ended job is not sent to history again
+    assert len(bus.history.requested) == 1
 
 
 async def test_wait_returns_200_once_the_job_ends() -> None:
@@ -214,9 +215,9 @@ async def test_wait_returns_200_once_the_job_ends() -> None:
         sid = await new_session(client)
 
         async def agent() -> None:
-            published = await bus.next_publication()
-            assert isinstance(published.body, RequestChat)
-            complete(bus, published.body.job_id)
+            requested = await bus.history.next_request()
+            bus.start(requested.job_id)
+            bus.finish(requested.job_id)
 
         worker = asyncio.create_task(agent())
         response = await client.post(
@@ -238,33 +239,46 @@ async def test_wait_that_runs_out_answers_202() -> None:
     assert response.json()["status"] == "queued"
 
 
-async def test_history_down_while_appending_fails_the_job_with_503() -> None:
+async def test_history_silent_while_appending_answers_504_and_a_repeat_admits_the_job() -> None:
     bus = FakeBus(failures={subjects.HISTORY_MESSAGE_APPEND: BusTimeout("no answer")})
     async with gateway_client(bus) as (client, _):
         sid = await new_session(client)
-        response = await client.post(
-            f"/api/sessions/{sid}/messages", json={"content": "hi"}, headers=bearer()
-        )
-    assert response.status_code == 503
-    assert response.headers["retry-after"]
-    assert bus.published == []
-    [(state, _)] = bus.jobs.values()
-    assert state.status == "failed" and state.error is not None
-    assert state.error.code == "unavailable"
+        url = f"/api/sessions/{sid}/messages"
+        headers = {**bearer(), "Idempotency-Key": "k-3"}
+        silent = await client.post(url, json={"content": "hi"}, headers=headers)
+        # History may have stored the message: the record stays, for it or for a repeat.
+        [state] = bus.jobs.values()
+        del bus.failures[subjects.HISTORY_MESSAGE_APPEND]
+        again = await client.post(url, json={"content": "hi"}, headers=headers)
+    assert silent.status_code == 504
+    assert state.status == "queued" and state.attempts == 0
+    assert again.status_code == 202 and again.json()["id"] == str(state.id)
+    [requested] = bus.history.requested
+    assert requested.job_id == state.id
+    assert requested.revision == 0  # the repeat does not know the revision: the agent reads it
 
 
-async def test_publish_failure_fails_the_job_with_503() -> None:
-    bus = FakeBus(failures={subjects.CHAT_REQUESTED: BusUnavailable("no stream")})
+async def test_history_unreachable_while_appending_answers_503_and_leaves_no_job() -> None:
+    bus = FakeBus(failures={subjects.HISTORY_MESSAGE_APPEND: BusUnavailable("no responders")})
     async with gateway_client(bus) as (client, _):
         sid = await new_session(client)
         response = await client.post(
             f"/api/sessions/{sid}/messages", json={"content": "hi"}, headers=bearer()
         )
-        [(state, _)] = bus.jobs.values()
-        polled = await client.get(f"/api/jobs/{state.id}", headers=bearer())
-    assert response.status_code == 503
-    assert state.status == "failed" and state.finished_at is not None
-    assert polled.json()["error"]["code"] == "unavailable"
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert bus.jobs == {}
+
+
+async def test_job_bucket_down_answers_503_before_history_is_asked() -> None:
+    bus = FakeBus(failures={"create_job": BusUnavailable("bucket gone")})
+    async with gateway_client(bus) as (client, _):
+        sid = await new_session(client)
+        bus.calls.clear()
+        response = await client.post(
+            f"/api/sessions/{sid}/messages", json={"content": "hi"}, headers=bearer()
+        )
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert bus.calls == [] and bus.history.messages[uuid.UUID(sid)] == []
 
 
 async def test_readyz_names_what_is_down() -> None:
@@ -290,7 +304,7 @@ async def test_openapi_documents_problem_responses() -> None:
         spec = (await client.get("/openapi.json")).json()
     post = spec["paths"]["/api/sessions/{session_id}/messages"]["post"]
     documented = post["responses"].keys()
-    assert {"200", "202", "401", "404", "409", "413", "422", "503", "504"} <= documented
+    assert {"200", "202", "401", "404", "409", "413", "422", "429", "503", "504"} <= documented
     assert set(post["responses"]["413"]["content"]) == {"application/problem+json"}
     assert "Problem" in spec["components"]["schemas"]
 
@@ -298,28 +312,3 @@ async def test_openapi_documents_problem_responses() -> None:
 def pong(_: object) -> Pong:
     """Answer a ping as any service would."""
     return Pong(service="test", instance="t")
-
-
-def complete(bus: FakeBus, job_id: uuid.UUID) -> None:
-    """Finish a job in the bucket as the agent would."""
-    state, _ = bus.jobs[job_id]
-    reply = MessageRecord(
-        id=uuid.uuid4(),
-        session_id=state.session_id,
-        user_id=state.user_id,
-        role="assistant",
-        content="hello!",
-        created_at=utcnow(),
-        job_id=job_id,
-    )
-    bus.set_job(
-        JobState.model_validate(
-            {
-                **state.model_dump(),
-                "status": "completed",
-                "reply": reply,
-                "attempts": 1,
-                "finished_at": utcnow(),
-            }
-        )
-    )
