@@ -23,6 +23,7 @@ from services.runtime.logging import spawn
 
 log = structlog.get_logger("chatbus.agent.cancels")
 RETRY_PAUSE = 1.0
+STOP_TIMEOUT = 5.0
 PRUNE_EVERY = 1000  # requests heard between two prunes of those past the bucket's TTL
 
 
@@ -34,6 +35,7 @@ class CancelWatch:
         self.requested: dict[UUID, float] = {}  # job id -> when heard (monotonic)
         self._prune_at = PRUNE_EVERY
         self.ready = asyncio.Event()  # the bucket's current entries are known
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     def __contains__(self, job_id: object) -> bool:
@@ -46,10 +48,11 @@ class CancelWatch:
         await asyncio.wait_for(self.ready.wait(), timeout=30)
 
     async def stop(self) -> None:
-        """Stop watching."""
+        """Stop watching (bounded: nats-py can swallow a cancel that meets an update)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
 
     def _remember(self, job_id: UUID) -> None:
         now = time.monotonic()
@@ -62,7 +65,7 @@ class CancelWatch:
             self._prune_at = len(self.requested) + PRUNE_EVERY
 
     async def _watch_forever(self, kv: KeyValue) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._watch(kv)
             except asyncio.CancelledError:
@@ -75,7 +78,7 @@ class CancelWatch:
     async def _watch(self, kv: KeyValue) -> None:
         watcher = await kv.watchall()
         try:
-            while True:
+            while not self._stopping:
                 try:
                     entry = await watcher.updates(timeout=60)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:

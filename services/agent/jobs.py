@@ -64,4 +64,7 @@ class KvJobStore:
             )
         except KvError as exc:
             raise JobStoreError(f"job store: {exc}") from exc
-        return latest is None or latest.value.finished
+        if latest is None:  # deleted meanwhile, or no value arrived in time: look
+            found = await self.get(job_id)
+            return found is None or found.value.finished
+        return latest.value.finished

@@ -90,12 +90,6 @@ async def test_wait_ended_is_false_when_the_job_outlasts_the_wait() -> None:
     assert await store.wait_ended(created.value.id, 0.05) is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Entries.wait returns None both for 'the key is gone' and for 'the time ran out "
-    "before its current entry came'; wait_ended reads None as ended, so with AGENT_ORDER_WAIT=0 "
-    "(or a consumer slower than the wait) a job runs before the one it follows has ended",
-)
 async def test_wait_ended_without_time_to_wait_is_false_for_an_unfinished_job() -> None:
     store = store_over(FakeKV())
     created = await store.create(queued(make_request()))
