@@ -1,9 +1,13 @@
-"""The gateway against a real NATS server, with a history stand-in and a hand-driven agent."""
+"""The gateway against a real NATS server and a history stand-in: isolation, readiness, a lost bus.
+
+Posting messages to the real history is in ``test_gateway_admission.py``.
+"""
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,13 +15,11 @@ import nats
 import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from contracts import subjects
-from contracts.base import Contract, Pong, Reply, utcnow
-from contracts.chat import JobState, RequestChat
-from contracts.history import MessageRecord
+from contracts.base import Contract, Pong, Reply
 from services.gateway.app import create_app
+from services.launcher.natsserver import NatsServer
 from tests.unit.test_gateway_fakes import FakeHistory, bearer, make_settings
 
 pytestmark = pytest.mark.integration
@@ -92,100 +94,6 @@ async def new_session(client: httpx.AsyncClient, user: str = "alice") -> str:
     return str(response.json()["id"])
 
 
-async def take_job(js: JetStreamContext) -> tuple[RequestChat, dict[str, str]]:
-    """Pull one chat request from the stream, as the agent would, and ack it."""
-    sub = await js.pull_subscribe(subjects.CHAT_REQUESTED, stream=STREAM)
-    try:
-        [msg] = await sub.fetch(1, timeout=10)
-        await msg.ack()
-    finally:
-        await sub.unsubscribe()
-    return RequestChat.model_validate_json(msg.data), dict(msg.headers or {})
-
-
-async def complete(js: JetStreamContext, job_id: uuid.UUID) -> None:
-    """Write the job's final state into the bucket, as the agent would."""
-    kv = await js.key_value(subjects.JOBS_BUCKET)
-    entry = await kv.get(str(job_id))
-    assert entry.value is not None
-    state = JobState.model_validate_json(entry.value)
-    reply = MessageRecord(
-        id=uuid.uuid4(),
-        session_id=state.session_id,
-        user_id=state.user_id,
-        role="assistant",
-        content="hello from the agent",
-        created_at=utcnow(),
-        job_id=job_id,
-    )
-    done = state.model_copy(
-        update={"status": "completed", "reply": reply, "attempts": 1, "finished_at": utcnow()}
-    )
-    await kv.put(str(job_id), done.model_dump_json().encode())
-
-
-async def stored_requests(js: JetStreamContext) -> int:
-    return int((await js.stream_info(STREAM)).state.messages)
-
-
-async def test_posted_message_becomes_a_durable_job(
-    served: FakeHistory, client: httpx.AsyncClient, nc: Client
-) -> None:
-    sid = await new_session(client)
-    response = await client.post(
-        f"/api/sessions/{sid}/messages",
-        json={"content": "what is JetStream?"},
-        headers={**bearer(), "X-Request-ID": "int-1"},
-    )
-    assert response.status_code == 202, response.text
-    job = response.json()
-    assert response.headers["location"] == f"/api/jobs/{job['id']}"
-    request, headers = await take_job(nc.jetstream())
-    assert headers["Nats-Msg-Id"] == job["id"]
-    assert headers[subjects.HEADER_REQUEST_ID] == "int-1"
-    assert headers[subjects.HEADER_USER_ID] == "alice"
-    assert str(request.job_id) == job["id"] and str(request.session_id) == sid
-    assert request.content == "what is JetStream?"
-    [stored] = served.messages[uuid.UUID(sid)]
-    assert stored.id == request.message_id and stored.role == "user"
-    polled = await client.get(response.headers["location"], headers=bearer())
-    assert polled.json()["status"] == "queued"
-
-
-async def test_wait_answers_200_when_the_agent_completes(
-    served: FakeHistory, client: httpx.AsyncClient, nc: Client
-) -> None:
-    sid = await new_session(client)
-    js = nc.jetstream()
-
-    async def agent() -> None:
-        request, _ = await take_job(js)
-        await complete(js, request.job_id)
-
-    worker = asyncio.create_task(agent())
-    response = await client.post(
-        f"/api/sessions/{sid}/messages?wait=5", json={"content": "hi"}, headers=bearer()
-    )
-    await worker
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "completed"
-    assert response.json()["reply"]["content"] == "hello from the agent"
-
-
-async def test_idempotency_key_queues_one_message(
-    served: FakeHistory, client: httpx.AsyncClient, nc: Client
-) -> None:
-    sid = await new_session(client)
-    headers = {**bearer(), "Idempotency-Key": "same-key"}
-    url = f"/api/sessions/{sid}/messages"
-    first = await client.post(url, json={"content": "hi"}, headers=headers)
-    second = await client.post(url, json={"content": "hi"}, headers=headers)
-    assert first.status_code == second.status_code == 202
-    assert first.json()["id"] == second.json()["id"]
-    assert await stored_requests(nc.jetstream()) == 1
-    assert len(served.messages[uuid.UUID(sid)]) == 1
-
-
 async def test_another_user_sees_neither_session_nor_job(
     served: FakeHistory, client: httpx.AsyncClient
 ) -> None:
@@ -197,42 +105,6 @@ async def test_another_user_sees_neither_session_nor_job(
     assert (await client.get(f"/api/sessions/{sid}", headers=mallory)).status_code == 404
     assert (await client.get(f"/api/jobs/{job.json()['id']}", headers=mallory)).status_code == 404
     assert (await client.get(f"/api/jobs/{job.json()['id']}", headers=bearer())).status_code == 200
-
-
-async def test_history_not_running_answers_503_and_publishes_nothing(
-    client: httpx.AsyncClient, nc: Client
-) -> None:
-    response = await client.post(
-        f"/api/sessions/{uuid.uuid4()}/messages", json={"content": "hi"}, headers=bearer()
-    )
-    assert response.status_code == 503
-    assert response.headers["retry-after"]
-    assert response.headers["content-type"] == "application/problem+json"
-    assert await stored_requests(nc.jetstream()) == 0
-
-
-async def test_history_lost_before_append_fails_the_job(
-    clean_nats: str, history: FakeHistory, client: httpx.AsyncClient, nc: Client
-) -> None:
-    async with responders(clean_nats, history, [subjects.HISTORY_SESSION_CREATE]):
-        sid = await new_session(client)
-    # Sessions can still be read, but nothing stores messages any more.
-    async with responders(clean_nats, history, [subjects.HISTORY_SESSION_GET]):
-        response = await client.post(
-            f"/api/sessions/{sid}/messages",
-            json={"content": "hi"},
-            headers={**bearer(), "Idempotency-Key": "lost"},
-        )
-        assert response.status_code == 503
-        assert response.headers["retry-after"]
-        again = await client.post(
-            f"/api/sessions/{sid}/messages",
-            json={"content": "hi"},
-            headers={**bearer(), "Idempotency-Key": "lost"},
-        )
-    assert await stored_requests(nc.jetstream()) == 0
-    assert again.json()["status"] == "failed"
-    assert again.json()["error"]["code"] == "unavailable"
 
 
 async def test_readyz_names_missing_services_until_they_answer(
@@ -250,3 +122,53 @@ async def test_readyz_names_missing_services_until_they_answer(
         ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"nats": "ok", "history": "ok", "agent": "ok", "memory": "ok"}
+
+
+async def test_lost_bus_answers_503_at_once(tmp_path: Path) -> None:
+    try:
+        server = NatsServer(tmp_path / "nats")
+    except FileNotFoundError:
+        pytest.skip("needs the nats-server binary to stop and restart it")
+    await asyncio.to_thread(server.start)
+    app = create_app(make_settings(nats_url=server.url, bus_request_timeout=1.0))
+    history = FakeHistory()
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://gateway") as http,
+        ):
+            async with responders(server.url, history, list(history.handlers())):
+                sid = await new_session(http)
+                posted = await http.post(
+                    f"/api/sessions/{sid}/messages", json={"content": "hi"}, headers=bearer()
+                )
+                assert posted.status_code == 202, posted.text
+                job = await app.state.bus.get_job(uuid.UUID(posted.json()["id"]))
+                assert job is not None
+            await asyncio.to_thread(server.stop)
+            await until(lambda: not app.state.bus.connected)
+            polled = await http.get(f"/api/jobs/{job.id}", headers=bearer())
+            cancel = await http.post(f"/api/jobs/{job.id}/cancel", headers=bearer())
+            events = await http.get(f"/api/jobs/{job.id}/events", headers=bearer())
+            posted = await http.post(
+                f"/api/sessions/{job.session_id}/messages",
+                json={"content": "hi"},
+                headers=bearer(),
+            )
+            for response in (polled, cancel, events, posted):
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"] == "2"
+            await asyncio.to_thread(server.start)
+            await until(lambda: bool(app.state.bus.connected))
+            again = await http.get(f"/api/jobs/{job.id}", headers=bearer())
+            assert again.status_code == 200
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition nothing signals (the client's connection state), within a deadline."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)

@@ -237,7 +237,7 @@ async def test_a_chat_message_is_one_trace_from_http_through_the_agent_to_histor
     in_trace = {s.name for s in spans.finished() if s.context and s.context.trace_id == trace_id}
     # The agent's requests to history, made for the job, belong to the same trace.
     assert f"{subjects.HISTORY_MESSAGE_LIST} process" in in_trace
-    assert f"{subjects.CHAT_COMPLETED} publish" in in_trace
+    assert f"{subjects.MEMORY_RECALL} process" in in_trace
     names = [s.name for s in spans.finished()]
     assert not [n for n in names if n.startswith(("_INBOX", subjects.CHAT_DELTA_PREFIX))]
 
@@ -327,10 +327,10 @@ async def test_history_and_its_callers_fill_the_bus_metrics(
         assert refused.error is not None and refused.error.code == "invalid"
         with pytest.raises(Exception, match="no service answers"):
             await bus.request(f"obs.nobody.{uuid.uuid4().hex}", Ping(), Pong, meta)
-        # Token deltas leave no per-job label behind.
+        # Job events leave no per-job label behind.
         job = uuid.uuid4()
-        await bus.publish(subjects.chat_delta(str(job)), ChatDelta(job_id=job, seq=0, text="x"),
-                          meta)
+        delta = ChatDelta(job_id=job, attempt=1, text="x")
+        await bus.publish(subjects.job_event(job, "delta"), delta, meta)
     finally:
         await broker.stop()
 
@@ -348,7 +348,7 @@ async def test_history_and_its_callers_fill_the_bus_metrics(
     assert [s.value for s in nobody] == [1.0]
     exposed = [s.labels for m in registry.collect() for s in m.samples]
     assert not any(
-        str(v).startswith(subjects.CHAT_DELTA_PREFIX) for labels in exposed for v in labels.values()
+        str(v).startswith(subjects.CHAT_JOB_PREFIX) for labels in exposed for v in labels.values()
     )
 
     assert history.metrics_port is not None
@@ -425,9 +425,9 @@ async def test_the_agent_counts_each_job_it_ends_by_status() -> None:
     request = make_request()
     created = await store.create(queued(request))
     running = await store.update(
-        created.state.model_copy(update={"status": "running"}), created.revision
+        created.value.model_copy(update={"status": "running"}), created.revision
     )
-    await store.update(running.state.model_copy(update={"status": "completed"}), running.revision)
+    await store.update(running.value.model_copy(update={"status": "completed"}), running.revision)
     registry = observability.metrics.registry
     assert registry.get_sample_value("chatbus_agent_jobs_total", {"status": "completed"}) == 1.0
     assert registry.get_sample_value("chatbus_agent_jobs_total", {"status": "running"}) is None
