@@ -24,8 +24,8 @@ from contracts.history import SessionRecord
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.models import outbox
 from services.history.store import Store
-from services.runtime.bus import RequestMeta
 from services.runtime.logging import spawn
+from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.history.outbox")
 

@@ -40,8 +40,8 @@ from services.history.errors import (
 )
 from services.history.outbox import archived_event, deleted_event
 from services.history.store import Store, Tx
-from services.runtime.bus import RequestMeta
 from services.runtime.database import unreachable
+from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.history")
 

@@ -27,8 +27,8 @@ from services.memory.cursor import Position, decode_cursor, encode_cursor
 from services.memory.errors import AlreadyProcessed, NotFound, Unavailable
 from services.memory.models import STORED
 from services.memory.store import Store
-from services.runtime.bus import RequestMeta
 from services.runtime.database import unreachable
+from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.memory")
 Heartbeat = Callable[[], Awaitable[None]]

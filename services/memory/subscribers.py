@@ -24,8 +24,8 @@ from services.memory.errors import (
 )
 from services.memory.service import MemoryService
 from services.runtime.answer import RequestAnswerer, describe
-from services.runtime.bus import RequestMeta
 from services.runtime.deadletter import DeadLetterPublisher
+from services.runtime.meta import RequestMeta
 
 E = TypeVar("E", bound=Contract)
 log = structlog.get_logger("chatbus.memory.subscribers")

@@ -14,8 +14,8 @@ from faststream.nats import NatsMessage
 from pydantic import ValidationError
 
 from contracts.base import BusError, Contract, Reply
-from services.runtime.bus import RequestMeta
 from services.runtime.deadletter import DeadLetterPublisher
+from services.runtime.meta import RequestMeta
 
 Req = TypeVar("Req", bound=Contract)
 Rep = TypeVar("Rep", bound=Reply)

@@ -168,21 +168,3 @@ class BusClient:
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError) as exc:
             raise BusUnavailable(f"bus unavailable: {exc!r}") from exc
-
-
-async def lanes_bucket(broker: NatsBroker) -> KeyValue:
-    """Return the bucket of per-session and per-user unfinished-job lanes."""
-    return await broker.key_value(
-        subjects.LANES_BUCKET, history=1, ttl=7 * 86400, storage=StorageType.FILE
-    )
-
-
-async def rate_bucket(broker: NatsBroker) -> KeyValue:
-    """Return the bucket of per-user message rate windows, creating it on first use."""
-    # On file like the others: a memory bucket would be gone after a NATS restart.
-    return await broker.key_value(
-        subjects.RATE_BUCKET,
-        history=1,
-        ttl=subjects.RATE_BUCKET_TTL_SECONDS,
-        storage=StorageType.FILE,
-    )

@@ -8,7 +8,8 @@ from nats.errors import NotJSMessageError
 from contracts import subjects
 from contracts.base import utcnow
 from contracts.deadletter import DeadLetter
-from services.runtime.bus import BusClient, BusError, RequestMeta
+from services.runtime.bus import BusClient
+from services.runtime.meta import BusError, RequestMeta
 
 log = structlog.get_logger("chatbus.deadletter")
 

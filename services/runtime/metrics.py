@@ -40,11 +40,18 @@ from contracts import subjects
 from contracts.base import Reply
 from contracts.deadletter import DeadLetter
 
-# Subjects published once per token: no per-message middleware work on them.
-HOT_PREFIXES = (f"{subjects.CHAT_DELTA_PREFIX}.",)
+# Job events published once per token (``chat.job.<id>.delta``): no per-message middleware
+# work on them.
+JOB_PREFIX = f"{subjects.CHAT_JOB_PREFIX}."
+HOT_SUFFIX = ".delta"
 DEADLETTER_PREFIX = f"{subjects.DEADLETTER_PREFIX}."
 BUS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
+def is_hot(subject: str) -> bool:
+    """Tell whether a subject carries one message per token (kept out of middlewares)."""
+    return subject.startswith(JOB_PREFIX) and subject.endswith(HOT_SUFFIX)
 
 
 class ServiceMetrics:
@@ -214,7 +221,7 @@ class _BusMetricsScope(BaseMiddleware):
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
         destination: str = cmd.destination
-        if destination.startswith(HOT_PREFIXES):
+        if is_hot(destination):
             return await call_next(cmd)
         inner = self.owner.faststream(self.msg, context=self.context)
         if cmd.publish_type is PublishType.REQUEST:

@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.runtime.config import ServiceSettings
-from services.runtime.metrics import HOT_PREFIXES, ServiceMetrics
+from services.runtime.metrics import ServiceMetrics, is_hot
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -155,7 +155,7 @@ class _UntracedScope(BaseMiddleware):
         return await self.inner.consume_scope(call_next, msg)
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
-        if cmd.publish_type is PublishType.REPLY or cmd.destination.startswith(HOT_PREFIXES):
+        if cmd.publish_type is PublishType.REPLY or is_hot(cmd.destination):
             return await call_next(cmd)
         return await self.inner.publish_scope(call_next, cmd)
 

@@ -18,6 +18,7 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from services.runtime.lanes import Lanes
 
 from contracts import subjects
 from contracts.base import utcnow
@@ -34,7 +35,6 @@ from services.agent.app import STREAMS, create_app
 from services.agent.config import Settings
 from services.launcher.natsserver import free_port
 from services.runtime.bus import RequestMeta, ensure_streams, jobs_bucket, lanes_bucket
-from services.runtime.lanes import Lanes
 from services.simllm import model
 from services.simllm.config import Settings as SimSettings
 from services.simllm.server import running

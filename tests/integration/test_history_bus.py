@@ -36,7 +36,8 @@ from services.history.db import make_engine, migrate
 from services.history.outbox import Relay
 from services.history.store import Store
 from services.launcher.natsserver import NatsServer
-from services.runtime.bus import BusClient, RequestMeta, ensure_streams, make_broker
+from services.runtime.bus import BusClient, ensure_streams, make_broker
+from services.runtime.meta import RequestMeta
 from tests.streams import stream_messages_at
 from tests.unit.test_history_service import META, RecordingPublisher, build_service
 

@@ -14,7 +14,7 @@ from contracts.history import (
     SearchMessages,
     SessionReply,
 )
-from services.runtime.bus import RequestMeta
+from services.runtime.meta import RequestMeta
 from tests.integration.test_history_bus import TIMEOUT, Running, running
 from tests.streams import stream_messages_at
 

@@ -39,7 +39,8 @@ from contracts.sessions import SessionArchived, SessionDeleted
 from services.launcher.natsserver import free_port
 from services.memory.app import create_app, ensure_consumers
 from services.memory.config import Settings
-from services.runtime.bus import BusClient, RequestMeta, ensure_streams
+from services.runtime.bus import BusClient, ensure_streams
+from services.runtime.meta import RequestMeta
 from services.simllm.memories import memory_extraction_for, wants_memory_extraction
 from tests.streams import eventually as polled
 from tests.streams import stream_messages_at

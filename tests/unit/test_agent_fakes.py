@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from services.runtime.lanes import Lanes
+
 from contracts import subjects
 from contracts.chat import ChatCompleted, ChatDelta, ChatFailed, JobLane, JobState, RequestChat
 from contracts.deadletter import DeadLetter
@@ -21,7 +23,6 @@ from services.agent.jobs import Versioned
 from services.agent.llm import ChatMessage
 from services.agent.service import JobRunner
 from services.runtime.bus import RequestMeta
-from services.runtime.lanes import Lanes
 from tests.kv import FakeKV
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

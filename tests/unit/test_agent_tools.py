@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
+from services.runtime.lanes import Lanes
 
 from contracts.history import MessageRecord, SearchMessages
 from contracts.memory import MemoryRecord, RecallMemories
@@ -20,7 +21,6 @@ from services.agent.service import JobRunner
 from services.agent.toolloop import CallAccumulator, run_tool_loop
 from services.agent.tools import DEFAULT_TOOLS, ToolContext, ToolRegistry
 from services.runtime.bus import RequestMeta
-from services.runtime.lanes import Lanes
 from tests.unit.test_agent_fakes import (
     T0,
     FakeDelivery,

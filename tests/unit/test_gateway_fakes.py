@@ -16,6 +16,7 @@ from uuid import UUID
 import httpx
 from fastapi import FastAPI
 from nats.js.kv import KeyValue
+from services.runtime.lanes import Lanes
 
 from contracts import subjects
 from contracts.base import BusError, Contract, Ping, Pong, Reply, utcnow
@@ -50,7 +51,6 @@ from services.gateway.config import Settings
 from services.gateway.feed import JobFeed
 from services.gateway.ratelimit import RateDecision, SlidingWindow
 from services.runtime.bus import BusUnavailable, RequestMeta
-from services.runtime.lanes import Lanes
 from tests.kv import FakeKV
 
 R = TypeVar("R", bound=Reply)

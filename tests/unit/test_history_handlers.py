@@ -34,8 +34,9 @@ from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
 from services.history.subscribers import build_router
-from services.runtime.bus import BusClient, RequestMeta
+from services.runtime.bus import BusClient
 from services.runtime.deadletter import DeadLetterPublisher
+from services.runtime.meta import RequestMeta
 
 TIMEOUT = 5.0
 

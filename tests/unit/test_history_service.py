@@ -35,7 +35,7 @@ from services.history.errors import Conflict, InvalidInput, NotFound
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
-from services.runtime.bus import BusUnavailable, RequestMeta
+from services.runtime.meta import BusUnavailable, RequestMeta
 
 META = RequestMeta(request_id="req-1", user_id="alice")
 

@@ -17,8 +17,9 @@ from services.memory.config import Settings
 from services.memory.errors import Settle, Verdict
 from services.memory.service import MemoryService
 from services.memory.subscribers import Edge, build_router
-from services.runtime.bus import BusClient, RequestMeta
+from services.runtime.bus import BusClient
 from services.runtime.deadletter import DeadLetterPublisher
+from services.runtime.meta import RequestMeta
 from tests.unit.test_memory_service import World, archived, database_url_fixture, world_fixture
 
 __all__ = ["database_url_fixture", "world_fixture"]

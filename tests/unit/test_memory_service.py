@@ -27,7 +27,7 @@ from services.memory.errors import (
 from services.memory.llm import parse
 from services.memory.service import MemoryService, Outcome
 from services.memory.store import Store
-from services.runtime.bus import RequestMeta
+from services.runtime.meta import RequestMeta
 
 META = RequestMeta(request_id="req-1", user_id="alice")
 
