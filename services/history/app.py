@@ -11,7 +11,7 @@ from contracts import subjects
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import CacheBackend, MemoryBackend, RedisBackend
 from services.history.config import Settings
-from services.history.db import make_engine, migrate
+from services.history.models import DATABASE
 from services.history.outbox import Publisher, Relay
 from services.history.service import HistoryService
 from services.history.store import Store
@@ -67,7 +67,7 @@ def create_app(
     registry = observability.metrics.registry
     broker = make_broker(settings, "history", observability.broker_middlewares())
     bus = BusClient(broker, settings.bus_request_timeout)
-    engine = make_engine(
+    engine = DATABASE.make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
@@ -85,7 +85,7 @@ def create_app(
     @app.on_startup
     async def prepare() -> None:
         # Schema and streams exist before the first request is taken.
-        await migrate(settings.database_url)
+        await DATABASE.migrate(settings.database_url)
         await broker.connect()
         await ensure_streams(broker, (subjects.SESSION_EVENTS_STREAM, subjects.DEADLETTER_STREAM))
 

@@ -1,7 +1,7 @@
 """Tables of the history service.
 
 Tables live in the Postgres schema ``history``; on SQLite, which has no
-schemas, the engine translates that schema away (see ``db.make_engine``), so
+schemas, the engine translates that schema away (see ``Database.make_engine``), so
 the one set of tables serves both backends.
 """
 
@@ -21,9 +21,16 @@ from sqlalchemy import (
     text,
 )
 
-from services.runtime.database import UTCDateTime
+from services.runtime.database import Database, UTCDateTime
 
 SCHEMA = "history"
+# Where the tables live, how they migrate, and the engine factory (services.runtime.database).
+DATABASE = Database(
+    schema=SCHEMA,
+    package="services.history",
+    lock_key=0x68697374_6F727931,  # "history1"
+    write_option="history_write",
+)
 
 
 metadata = MetaData(schema=SCHEMA)

@@ -28,18 +28,19 @@ from contracts.history import (
 )
 from services.history.appends import AppendBatcher, duplicate
 from services.history.cache import Cache
-from services.history.cursor import Position, decode_cursor, encode_cursor
 from services.history.errors import (
     ActiveSessionExists,
     Conflict,
     DuplicateMessage,
     HistoryError,
+    InvalidInput,
     NotFound,
     RetryableConflict,
     Unavailable,
 )
 from services.history.outbox import archived_event, deleted_event
 from services.history.store import Store, Tx
+from services.runtime.cursor import MalformedCursor, Position, decode_cursor, encode_cursor
 from services.runtime.database import unreachable
 from services.runtime.meta import RequestMeta
 
@@ -141,7 +142,7 @@ class HistoryService:
 
     async def list_sessions(self, req: ListSessions, _: RequestMeta) -> SessionPage:
         """Return a page of the user's sessions, newest first."""
-        after = decode_cursor(SESSION_CURSOR, req.cursor) if req.cursor else None
+        after = _after(SESSION_CURSOR, req.cursor)
 
         async def load() -> SessionPage:
             async with self.store.read() as tx:
@@ -200,7 +201,7 @@ class HistoryService:
 
     async def list_messages(self, req: ListMessages, _: RequestMeta) -> MessagePage:
         """Return a page of a session's messages, newest first."""
-        after = decode_cursor(MESSAGE_CURSOR, req.cursor) if req.cursor else None
+        after = _after(MESSAGE_CURSOR, req.cursor)
 
         async def load() -> MessagePage:
             async with self.store.read() as tx:
@@ -216,7 +217,7 @@ class HistoryService:
 
     async def list_feed(self, req: ListFeed, _: RequestMeta) -> MessagePage:
         """Return a page of the user's messages across all sessions, newest first."""
-        after = decode_cursor(FEED_CURSOR, req.cursor) if req.cursor else None
+        after = _after(FEED_CURSOR, req.cursor)
 
         async def load() -> MessagePage:
             async with self.store.read() as tx:
@@ -267,6 +268,16 @@ async def _owned(
     if session is None or session.user_id != user_id:
         raise NotFound("no such session")
     return session
+
+
+def _after(kind: str, cursor: str | None) -> Position | None:
+    """Decode a page's cursor; a malformed one is the caller's ``invalid``."""
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(kind, cursor)
+    except MalformedCursor as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 def _next(kind: str, page: Sequence[SessionRecord | MessageRecord], more: bool) -> str | None:

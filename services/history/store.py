@@ -12,10 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.history import MessageRecord, Role, SessionRecord, SessionStatus
-from services.history.cursor import Position
-from services.history.db import WRITE_OPTION
 from services.history.errors import ActiveSessionExists, DuplicateMessage
-from services.history.models import messages, outbox, sessions
+from services.history.models import DATABASE, messages, outbox, sessions
+from services.runtime.cursor import Position
 
 
 class Store:
@@ -38,7 +37,7 @@ class Store:
     async def write(self) -> AsyncIterator["Tx"]:
         """Run queries in one write transaction, committed when the block exits cleanly."""
         async with self._turn or nullcontext(), self.engine.connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
+            conn = await conn.execution_options(**{DATABASE.write_option: True})
             async with conn.begin():
                 yield Tx(conn)
 

@@ -11,8 +11,8 @@ from contracts import subjects
 from contracts.history import MessageRecord
 from services.memory.bus import BusEvents, BusHistory
 from services.memory.config import Settings
-from services.memory.db import make_engine, migrate
 from services.memory.llm import OpenAIExtractor
+from services.memory.models import DATABASE
 from services.memory.service import MemoryService
 from services.memory.store import Store
 from services.memory.subscribers import build_router, consumer_config
@@ -62,7 +62,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     llm_metrics = observability.metrics.llm(settings.llm_model)
     broker = make_broker(settings, "memory", observability.broker_middlewares())
     bus = BusClient(broker, settings.bus_request_timeout)
-    engine = make_engine(
+    engine = DATABASE.make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
@@ -83,7 +83,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     @app.on_startup
     async def prepare() -> None:
         # Schema, streams and consumers exist before the first message is taken.
-        await migrate(settings.database_url)
+        await DATABASE.migrate(settings.database_url)
         await broker.connect()
         await ensure_streams(broker, STREAMS)
         await ensure_consumers(broker, settings)

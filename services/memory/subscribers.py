@@ -15,17 +15,12 @@ from contracts.base import Contract, Ping, Pong
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.memory.config import Settings
-from services.memory.errors import (
-    MemoryServiceError,
-    Settle,
-    Verdict,
-    to_bus_error,
-    verdict_for,
-)
+from services.memory.errors import MemoryServiceError, reason_for, to_bus_error, verdict_for
 from services.memory.service import MemoryService
 from services.runtime.answer import RequestAnswerer, describe
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.meta import RequestMeta
+from services.runtime.settle import ACK, give_up, settle
 
 E = TypeVar("E", bound=Contract)
 log = structlog.get_logger("chatbus.memory.subscribers")
@@ -67,17 +62,18 @@ class Edge:
         call: Callable[[E, RequestMeta], Awaitable[object]],
     ) -> None:
         """Validate an event, run ``call``, then ack, retry or dead-letter it."""
+        raw = msg.raw_message
         try:
             event = event_type.model_validate_json(msg.body)
         except ValidationError as exc:
             reason = f"not a {event_type.__name__}: {describe(exc)}"
-            await self.settle(msg, Verdict(Settle.GIVE_UP, reason=reason))
+            await settle(raw, give_up(reason), self.deadletters)
             return
-        deliveries = int(msg.raw_message.metadata.num_delivered or 1)
+        deliveries = int(raw.metadata.num_delivered or 1)
         max_attempts = self.settings.memory_max_attempts
         if deliveries > CRASH_SLACK * max_attempts:
             reason = f"delivered {deliveries} times without finishing"
-            await self.settle(msg, Verdict(Settle.GIVE_UP, reason=reason))
+            await settle(raw, give_up(reason), self.deadletters)
             return
         try:
             await call(event, RequestMeta.from_headers(msg.headers))
@@ -88,38 +84,18 @@ class Edge:
                 max_attempts=max_attempts,
                 retry_delay=self.settings.memory_retry_delay,
             )
+            fields = {
+                "kind": event_type.__name__,
+                "deliveries": deliveries,
+                "settle": verdict.settle.value,
+            }
             if isinstance(exc, MemoryServiceError):
-                log.warning(
-                    "attempt failed",
-                    kind=event_type.__name__,
-                    reason=verdict.reason,
-                    deliveries=deliveries,
-                    settle=verdict.settle.value,
-                )
+                log.warning("attempt failed", reason=reason_for(exc), **fields)
             else:
-                log.exception(
-                    "attempt failed unexpectedly",
-                    kind=event_type.__name__,
-                    deliveries=deliveries,
-                    settle=verdict.settle.value,
-                )
-            await self.settle(msg, verdict)
+                log.exception("attempt failed unexpectedly", **fields)
+            await settle(raw, verdict, self.deadletters)
             return
-        await self.settle(msg, Verdict(Settle.ACK))
-
-    async def settle(self, msg: NatsMessage, verdict: Verdict) -> None:
-        """Apply a verdict: the one mapping from outcomes to ack, nak and term."""
-        try:
-            if verdict.settle is Settle.ACK:
-                await msg.ack()
-            elif verdict.settle is Settle.RETRY:
-                await msg.nack(delay=verdict.delay or None)
-            else:
-                await self.deadletters.publish(msg, verdict.reason)
-                await msg.reject()
-        except Exception as exc:
-            # The server redelivers an unsettled message after its ack deadline.
-            log.warning("could not settle a message", error=repr(exc))
+        await settle(raw, ACK, self.deadletters)
 
 
 def build_router(

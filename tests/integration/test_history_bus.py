@@ -32,7 +32,7 @@ from contracts.history import (
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.app import create_app
 from services.history.config import Settings
-from services.history.db import make_engine, migrate
+from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.store import Store
 from services.launcher.natsserver import NatsServer
@@ -217,8 +217,8 @@ async def test_an_event_committed_while_the_bus_is_down_is_published_once_later(
     server.start()
     broker = make_broker(Settings(nats_url=server.url), "history-test")
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    await migrate(url)
-    engine = make_engine(url)
+    await DATABASE.migrate(url)
+    engine = DATABASE.make_engine(url)
     store = Store(engine)
     relay = Relay(store, BusClient(broker, 1.0), interval=0.2, publish_timeout=0.5)
     service = build_service(store, RecordingPublisher())

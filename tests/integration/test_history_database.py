@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from contracts.base import utcnow
-from services.history.db import DATABASE, make_engine, migrate
-from services.history.models import sessions
+from services.history.models import DATABASE, sessions
 from tests.databases import BACKENDS, ServiceDatabase
 from tests.unit.test_history_cache import (  # noqa: F401  (collected again here)
     cached,
@@ -71,8 +70,8 @@ _version_table = DB.version_table
 
 
 async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> None:
-    await migrate(database_url)
-    engine = make_engine(database_url)
+    await DATABASE.migrate(database_url)
+    engine = DATABASE.make_engine(database_url)
     try:
         async with engine.begin() as conn:
             await conn.execute(
@@ -88,7 +87,7 @@ async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> N
     finally:
         await engine.dispose()
 
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
 
     assert await _scalar(database_url, select(func.count()).select_from(sessions)) == 1
     assert await _scalar(database_url, f"SELECT version_num FROM {_version_table(backend)}") == (
@@ -97,13 +96,13 @@ async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> N
 
 
 async def test_replicas_migrating_at_once_do_not_race(database_url: str, backend: str) -> None:
-    await asyncio.gather(*(migrate(database_url) for _ in range(4)))
+    await asyncio.gather(*(DATABASE.migrate(database_url) for _ in range(4)))
     assert await _scalar(database_url, f"SELECT count(*) FROM {_version_table(backend)}") == 1
 
 
 async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/missing/dir/shared.db"
-    engine = make_engine(url)
+    engine = DATABASE.make_engine(url)
     (tmp_path / "missing" / "dir").mkdir(parents=True)
     try:
         async with engine.begin() as conn:
@@ -112,7 +111,7 @@ async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Pat
     finally:
         await engine.dispose()
 
-    await migrate(url)
+    await DATABASE.migrate(url)
 
     assert await _scalar(url, "SELECT version_num FROM alembic_version") == "other-service"
     assert await _scalar(url, "SELECT version_num FROM history_alembic_version") == HEAD
@@ -121,21 +120,21 @@ async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Pat
 
 async def test_migrate_creates_the_sqlite_directory(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/a/b/history.db"
-    await migrate(url)
+    await DATABASE.migrate(url)
     assert (tmp_path / "a" / "b" / "history.db").exists()
 
 
 async def test_migrate_leaves_the_sqlite_file_in_wal_mode(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    await migrate(url)
+    await DATABASE.migrate(url)
     # Kept in the file: a fresh connection, which sets no journal mode, reads it back.
     assert await _scalar(url, "PRAGMA journal_mode") == "wal"
 
 
 async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> None:
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
     await DB.downgrade(database_url, "0001")
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
     table = "history.outbox" if backend == "postgres" else "outbox"
     assert await _scalar(database_url, f"SELECT count(*) FROM {table}") == 0
     assert await _scalar(database_url, f"SELECT version_num FROM {_version_table(backend)}") == (
@@ -144,7 +143,7 @@ async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> N
 
 
 async def test_pooler_url_turns_statement_caches_off(postgres_url: str) -> None:
-    engine = make_engine(f"{postgres_url}?prepared_statement_cache_size=0")
+    engine = DATABASE.make_engine(f"{postgres_url}?prepared_statement_cache_size=0")
     try:
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1

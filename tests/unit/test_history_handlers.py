@@ -29,7 +29,7 @@ from contracts.history import (
 )
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import MemoryBackend
-from services.history.db import make_engine, migrate
+from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
@@ -61,8 +61,8 @@ class Harness:
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    await migrate(url)
-    engine = make_engine(url)
+    await DATABASE.migrate(url)
+    engine = DATABASE.make_engine(url)
     broker = NatsBroker()
     bus = BusClient(broker, TIMEOUT)
     store = Store(engine)

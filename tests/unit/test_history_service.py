@@ -30,8 +30,8 @@ from contracts.history import (
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import MemoryBackend
-from services.history.db import make_engine, migrate
 from services.history.errors import Conflict, InvalidInput, NotFound
+from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
@@ -89,8 +89,8 @@ def build_service(store: Store, publisher: RecordingPublisher) -> HistoryService
 
 @pytest.fixture(name="service")
 async def service_fixture(database_url: str, publisher: RecordingPublisher) -> AsyncIterator[Any]:
-    await migrate(database_url)
-    engine = make_engine(database_url)
+    await DATABASE.migrate(database_url)
+    engine = DATABASE.make_engine(database_url)
     try:
         yield build_service(Store(engine), publisher)
     finally:
@@ -280,7 +280,7 @@ async def test_concurrent_appends_share_transactions_and_keep_their_own_answers(
 async def test_two_replicas_appending_one_job_store_it_once(
     service: HistoryService, database_url: str
 ) -> None:
-    other_engine = make_engine(database_url)  # a second replica: its own pool and batches
+    other_engine = DATABASE.make_engine(database_url)  # a second replica: its own pool and batches
     other = build_service(Store(other_engine), RecordingPublisher())
     try:
         session = await _create(service)

@@ -14,7 +14,6 @@ from contracts.deadletter import DeadLetter
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from contracts.sessions import SessionArchived
 from services.memory.config import Settings
-from services.memory.errors import Settle, Verdict
 from services.memory.service import MemoryService
 from services.memory.subscribers import Edge, build_router
 from services.runtime.bus import BusClient
@@ -126,7 +125,7 @@ async def test_a_bug_answers_internal_without_internals(world: World) -> None:
 
 @dataclass
 class FakeDelivery:
-    """Just enough of a NatsMessage for the consuming edge."""
+    """Just enough of a NatsMessage (and of its nats-py message) for the consuming edge."""
 
     body: bytes
     deliveries: int = 1
@@ -141,16 +140,19 @@ class FakeDelivery:
             subject="session.archived",
             data=self.body,
             headers=self.headers,
+            ack=self.ack,
+            nak=self.nak,
+            term=self.term,
         )
 
     async def ack(self) -> None:
         self.settled.append("ack")
 
-    async def nack(self, delay: float | None = None) -> None:
+    async def nak(self, delay: float | None = None) -> None:
         self.settled.append("nack")
         self.delay = delay
 
-    async def reject(self) -> None:
+    async def term(self) -> None:
         self.settled.append("term")
 
     async def in_progress(self) -> None:
@@ -215,7 +217,8 @@ async def test_settling_never_raises() -> None:
             raise ConnectionError("gone")
 
     edge = Edge(settings(), RecordingLetters())
-    await edge.settle(Broken(b""), Verdict(Settle.ACK))  # type: ignore[arg-type]
+    broken = Broken(archived().model_dump_json().encode())
+    await edge.consume(broken, SessionArchived, succeeding)  # type: ignore[arg-type]
 
 
 def _meta() -> RequestMeta:
