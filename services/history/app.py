@@ -15,11 +15,17 @@ from services.history.models import DATABASE
 from services.history.outbox import Publisher, Relay
 from services.history.service import HistoryService
 from services.history.store import Store
-from services.history.subscribers import build_router
+from services.history.subscribers import build_responder
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.telemetry import Observability, Telemetry
+
+# Where history's outbox publishes (session events, chat jobs) and its dead letters go.
+STREAMS = (
+    subjects.SESSION_EVENTS_STREAM,
+    subjects.DEADLETTER_STREAM,
+)
 
 
 def make_cache(settings: Settings, registry: CollectorRegistry, logger: Any = None) -> Cache:
@@ -65,7 +71,10 @@ def create_app(
         settings, "history", metrics=ServiceMetrics("history", registry), telemetry=telemetry
     )
     registry = observability.metrics.registry
-    broker = make_broker(settings, "history", observability.broker_middlewares())
+    # Nobody reads the bus metrics of a process that does not serve them: not collected.
+    broker = make_broker(
+        settings, "history", observability.broker_middlewares(metrics=observability.served)
+    )
     bus = BusClient(broker, settings.bus_request_timeout)
     engine = DATABASE.make_engine(
         settings.database_url,
@@ -76,10 +85,12 @@ def create_app(
     cache = make_cache(settings, registry)
     relay = make_relay(settings, store, bus)
     service = HistoryService(store, cache, relay, instance=settings.instance)
-    router = build_router(
-        service, DeadLetterPublisher(bus, "history"), max_workers=settings.request_concurrency
+    responder = build_responder(
+        service,
+        DeadLetterPublisher(bus, "history"),
+        concurrency=settings.request_concurrency,
+        observer=observability.request_observer(),
     )
-    broker.include_router(router)
     app = FastStream(broker, logger=logging.getLogger("chatbus.history.app"))
 
     @app.on_startup
@@ -87,10 +98,11 @@ def create_app(
         # Schema and streams exist before the first request is taken.
         await DATABASE.migrate(settings.database_url)
         await broker.connect()
-        await ensure_streams(broker, (subjects.SESSION_EVENTS_STREAM, subjects.DEADLETTER_STREAM))
+        await ensure_streams(broker, STREAMS)
 
     @app.after_startup
     async def start_relay() -> None:
+        await responder.start(broker.connection)
         # Subscriptions reach the server before anyone is told this replica answers.
         await broker.connection.flush()
         # Events left pending by a crash are published on the first tick.
@@ -100,6 +112,7 @@ def create_app(
 
     @app.on_shutdown
     async def stop_relay() -> None:
+        await responder.stop()
         await relay.stop()
 
     @app.after_shutdown

@@ -33,6 +33,7 @@ from faststream import BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
 from faststream._internal.types import BrokerMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.prometheus.container import MetricsContainer
 from faststream.response import PublishType
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
@@ -89,6 +90,10 @@ class ServiceMetrics:
         )
         return (_BusMetrics(self, faststream_metrics),)
 
+    def requests(self) -> "RequestMetrics":
+        """Return the recorder of requests answered outside FastStream (the responder)."""
+        return RequestMetrics(self)
+
     def llm(self, model: str) -> "LLMMetrics":
         """Register the model-call metrics (services that call an LLM)."""
         return LLMMetrics(self.registry, model)
@@ -112,6 +117,33 @@ class ServiceMetrics:
     def port(self) -> int | None:
         """Return the port the endpoint listens on, or None."""
         return None if self._server is None else int(self._server.server_address[1])
+
+
+class RequestMetrics:
+    """Requests answered by ``services.runtime.responder``, under FastStream's metric names.
+
+    FastStream's container hands back the metrics already in the registry, so these
+    are the very series its middleware fills for the subscribers it runs.
+    """
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.service = metrics.service
+        self.error_replies = metrics.error_replies
+        self.container = MetricsContainer(
+            metrics.registry, metrics_prefix="chatbus", custom_label_names=()
+        )
+
+    def handled(self, subject: str, size: int, seconds: float, reply: Reply | None) -> None:
+        """Record one request: its body size, handling time and reply (None: it raised)."""
+        labels = (self.service, "nats", subject)
+        container = self.container
+        container.received_messages_total.labels(*labels).inc()
+        container.received_messages_size_bytes.labels(*labels).observe(size)
+        container.received_processed_messages_duration_seconds.labels(*labels).observe(seconds)
+        status = "acked" if reply is not None else "error"
+        container.received_processed_messages_total.labels(*labels, status).inc()
+        if reply is not None and reply.error is not None:
+            self.error_replies.labels(subject, reply.error.code).inc()
 
 
 class LLMMetrics:

@@ -1,16 +1,16 @@
-"""History handlers through FastStream's in-memory broker: reply shapes and bad input."""
+"""History handlers through the request edge, as the responder calls it: replies and bad input."""
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.nats import JStream, NatsBroker, NatsMessage, TestNatsBroker
 from prometheus_client import CollectorRegistry
 
 from contracts import subjects
-from contracts.base import Contract, Ping, Pong, Reply
+from contracts.base import Ping, Pong, Reply
 from contracts.deadletter import DeadLetter
 from contracts.history import (
     AppendMessage,
@@ -33,12 +33,10 @@ from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
-from services.history.subscribers import build_router
-from services.runtime.bus import BusClient
-from services.runtime.deadletter import DeadLetterPublisher
+from services.history.subscribers import answerer, routes
 from services.runtime.meta import RequestMeta
-
-TIMEOUT = 5.0
+from tests.answering import Edge, dead_letters
+from tests.unit.test_history_service import RecordingPublisher
 
 
 class ExplodingService(HistoryService):
@@ -48,14 +46,13 @@ class ExplodingService(HistoryService):
         raise RuntimeError("password=hunter2 in a stack trace")
 
 
+@dataclass
 class Harness:
-    def __init__(self, broker: NatsBroker) -> None:
-        self.broker = broker
-        self.dead: list[DeadLetter] = []
+    edge: Edge
+    dead: list[DeadLetter]
 
-    async def ask(self, subject: str, body: Contract | bytes, reply: type[Reply]) -> Any:
-        answer = await self.broker.request(body, subject, timeout=TIMEOUT)
-        return reply.model_validate_json(answer.body)
+    async def ask(self, *args: Any) -> Any:
+        return await self.edge.ask(*args)
 
 
 @pytest.fixture
@@ -63,25 +60,13 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
     await DATABASE.migrate(url)
     engine = DATABASE.make_engine(url)
-    broker = NatsBroker()
-    bus = BusClient(broker, TIMEOUT)
     store = Store(engine)
     cache = Cache(MemoryBackend(100), CacheMetrics(CollectorRegistry()))
-    service = ExplodingService(store, cache, Relay(store, bus), instance="unit-1")
-    broker.include_router(build_router(service, DeadLetterPublisher(bus, "history")))
-    harness = Harness(broker)
-
-    # A stream publish reaches only subscribers of that stream, in the test broker too.
-    @broker.subscriber(
-        subjects.deadletter("history"),
-        stream=JStream(subjects.DEADLETTER_STREAM.name, declare=False),
-    )
-    async def capture(msg: NatsMessage) -> None:
-        harness.dead.append(DeadLetter.model_validate_json(msg.body))
-
+    relay = Relay(store, RecordingPublisher())
+    service = ExplodingService(store, cache, relay, instance="unit-1")
+    letters, dead = dead_letters("history")
     try:
-        async with TestNatsBroker(broker):
-            yield harness
+        yield Harness(Edge.of(answerer(letters), routes(service)), dead)
     finally:
         await engine.dispose()
 
@@ -114,6 +99,7 @@ async def test_every_subject_answers_with_its_reply_model(harness: Harness) -> N
         MessagePage,
     )
     assert messages.items == (stored.message,)
+
     assert harness.dead == []
 
 
