@@ -24,6 +24,7 @@ from services.runtime.telemetry import Observability, Telemetry
 # Where history's outbox publishes (session events, chat jobs) and its dead letters go.
 STREAMS = (
     subjects.SESSION_EVENTS_STREAM,
+    subjects.CHAT_JOBS_STREAM,
     subjects.DEADLETTER_STREAM,
 )
 
@@ -84,7 +85,9 @@ def create_app(
     store = Store(engine)
     cache = make_cache(settings, registry)
     relay = make_relay(settings, store, bus)
-    service = HistoryService(store, cache, relay, instance=settings.instance)
+    # The relay's timer leaves a just-admitted job to the publish after its commit this long.
+    lease = max(10.0, 2 * settings.event_publish_timeout)
+    service = HistoryService(store, cache, relay, instance=settings.instance, lease=lease)
     responder = build_responder(
         service,
         DeadLetterPublisher(bus, "history"),

@@ -47,6 +47,8 @@ sessions = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("archived_at", UTCDateTime),
     Column("message_count", Integer, nullable=False, server_default="0"),
+    # The last job admitted in the session: the next one follows it while it is unfinished.
+    Column("tail_job_id", Uuid),
     CheckConstraint("status IN ('active', 'archived')", name="ck_sessions_status"),
 )
 Index(
@@ -90,6 +92,11 @@ messages = Table(
     Column("content", Text, nullable=False),
     Column("job_id", Uuid),
     Column("created_at", UTCDateTime, nullable=False),
+    # On a user message: when its job ended (reply stored, failed or cancelled); NULL while
+    # the job is unfinished. And the job it follows (the session's unfinished tail when it
+    # was admitted), so a repeated append answers the same.
+    Column("job_ended_at", UTCDateTime),
+    Column("follows", Uuid),
     UniqueConstraint("job_id", "role", name="uq_messages_job_role"),
     CheckConstraint("role IN ('user', 'assistant')", name="ck_messages_role"),
 )
@@ -104,6 +111,22 @@ Index(
     messages.c.user_id,
     messages.c.created_at.desc(),
     messages.c.id.desc(),
+)
+# Unfinished jobs, of a user (the limit) and of a session (multitask, delete): partial
+# indexes holding only the few user messages whose job has not ended.
+UNFINISHED = text("role = 'user' AND job_ended_at IS NULL")
+Index(
+    "ix_messages_user_unfinished",
+    messages.c.user_id,
+    messages.c.created_at,
+    postgresql_where=UNFINISHED,
+    sqlite_where=UNFINISHED,
+)
+Index(
+    "ix_messages_session_unfinished",
+    messages.c.session_id,
+    postgresql_where=UNFINISHED,
+    sqlite_where=UNFINISHED,
 )
 
 # Events written in the same transaction as the change they announce; a relay

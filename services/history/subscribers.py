@@ -10,7 +10,9 @@ from contracts.history import (
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -34,6 +36,7 @@ def routes(service: HistoryService) -> list[Route[Any, Any]]:
         Route(subjects.HISTORY_SESSION_LIST, ListSessions, SessionPage, service.list_sessions),
         Route(subjects.HISTORY_MESSAGE_APPEND, AppendMessage, MessageReply, service.append_message),
         Route(subjects.HISTORY_MESSAGE_LIST, ListMessages, MessagePage, service.list_messages),
+        Route(subjects.HISTORY_JOB_END, EndJob, JobEnded, service.end_job),
         Route(
             subjects.HISTORY_SESSION_ARCHIVE, ArchiveSession, SessionReply, service.archive_session
         ),

@@ -14,6 +14,22 @@ from sqlalchemy import func, insert, select, text
 from contracts.base import utcnow
 from services.history.models import DATABASE, sessions
 from tests.databases import BACKENDS, ServiceDatabase
+from tests.unit.test_history_admission import (  # noqa: F401  (collected again here)
+    test_a_failed_announcement_is_left_to_the_timer,
+    test_a_job_left_by_a_crash_after_the_commit_is_published_by_the_timer,
+    test_an_admitted_job_is_announced_once_on_chat_requested,
+    test_appends_arriving_together_hold_the_limit_exactly,
+    test_delete_names_only_the_unfinished_jobs,
+    test_each_job_follows_the_sessions_unfinished_tail,
+    test_end_job_is_idempotent_and_only_the_owners,
+    test_follows_is_exact_within_one_batch,
+    test_interrupt_names_the_unfinished_jobs_to_cancel,
+    test_jobs_unfinished_for_a_day_stop_counting,
+    test_messages_per_minute_are_refused_until_the_oldest_leaves_the_window,
+    test_reject_refuses_while_the_session_has_an_unfinished_job,
+    test_too_many_unfinished_jobs_are_refused_and_nothing_is_stored,
+    test_two_replicas_at_the_limit_admit_exactly_the_limit,
+)
 from tests.unit.test_history_cache import (  # noqa: F401  (collected again here)
     cached,
     test_concurrent_misses_on_one_key_query_the_database_once,
@@ -49,7 +65,7 @@ from tests.unit.test_history_service import (  # noqa: F401  (collected again he
 )
 
 pytestmark = pytest.mark.integration
-HEAD = "0002"
+HEAD = "0003"
 
 
 DB = ServiceDatabase(DATABASE)

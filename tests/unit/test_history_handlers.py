@@ -18,7 +18,9 @@ from contracts.history import (
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -36,7 +38,7 @@ from services.history.store import Store
 from services.history.subscribers import answerer, routes
 from services.runtime.meta import RequestMeta
 from tests.answering import Edge, dead_letters
-from tests.unit.test_history_service import RecordingPublisher
+from tests.unit.test_history_service import RecordingPublisher, admission
 
 
 class ExplodingService(HistoryService):
@@ -67,6 +69,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     letters, dead = dead_letters("history")
     try:
         yield Harness(Edge.of(answerer(letters), routes(service)), dead)
+        await relay.settle()
     finally:
         await engine.dispose()
 
@@ -86,7 +89,8 @@ async def test_every_subject_answers_with_its_reply_model(harness: Harness) -> N
 
     job = uuid.uuid4()
     append = AppendMessage(
-        user_id="u", session_id=session_id, job_id=job, role="user", content="hello"
+        user_id="u", session_id=session_id, job_id=job, role="user", content="hello",
+        admission=admission(),
     )
     stored = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
     assert stored.created and stored.message.content == "hello"
@@ -100,6 +104,13 @@ async def test_every_subject_answers_with_its_reply_model(harness: Harness) -> N
     )
     assert messages.items == (stored.message,)
 
+    ended = await harness.ask(subjects.HISTORY_JOB_END, EndJob(user_id="u", job_id=job), JobEnded)
+    assert ended.error is None and ended.known
+    unknown = EndJob(user_id="u", job_id=uuid.uuid4())
+    assert not (await harness.ask(subjects.HISTORY_JOB_END, unknown, JobEnded)).known
+    unadmitted = append.model_copy(update={"admission": None, "job_id": uuid.uuid4()})
+    refused = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, unadmitted, MessageReply)
+    assert refused.error.code == "invalid" and "admission" in refused.error.message
     assert harness.dead == []
 
 
@@ -161,7 +172,8 @@ async def test_archive_delete_and_feed_answer_with_their_reply_models(harness: H
     )
     session_id = created.session.id
     append = AppendMessage(
-        user_id="u", session_id=session_id, job_id=uuid.uuid4(), role="user", content="hi"
+        user_id="u", session_id=session_id, job_id=uuid.uuid4(), role="user", content="hi",
+        admission=admission(),
     )
     stored = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
 

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from contracts import subjects
-from contracts.base import Contract
+from contracts.base import Contract, utcnow
 from contracts.history import (
+    Admission,
     AppendMessage,
     ArchiveSession,
     CreateSession,
@@ -24,6 +25,7 @@ from contracts.history import (
     ListMessages,
     ListSessions,
     MessageRecord,
+    MessageReply,
     Role,
     SessionRecord,
 )
@@ -55,6 +57,11 @@ class RecordingPublisher:
 
     sent: list[Published] = field(default_factory=list)
     fail: bool = False
+
+    def on(self, *subject: str) -> list[Published]:
+        """Return what was published on these subjects (default: the session events)."""
+        wanted = subject or (subjects.SESSION_ARCHIVED, subjects.SESSION_DELETED)
+        return [p for p in self.sent if p.subject in wanted]
 
     async def publish(
         self,
@@ -113,6 +120,11 @@ async def _create(
     return reply.session
 
 
+def admission(**limits: Any) -> Admission:
+    """Return the admission a gateway sends with a user message (no limits by default)."""
+    return Admission(revision=1, created_at=utcnow(), **limits)
+
+
 async def _append(
     service: HistoryService,
     session: SessionRecord,
@@ -121,18 +133,32 @@ async def _append(
     content: str = "hi",
     user: str | None = None,
 ) -> tuple[MessageRecord, bool]:
-    reply = await service.append_message(
+    reply = await _reply(service, session, role, job, content, user)
+    assert reply.error is None and reply.message is not None
+    return reply.message, reply.created
+
+
+async def _reply(
+    service: HistoryService,
+    session: SessionRecord,
+    role: Role = "user",
+    job: uuid.UUID | None = None,
+    content: str = "hi",
+    user: str | None = None,
+    admit: Admission | None = None,
+) -> MessageReply:
+    """Append a message (a user one with ``admit``, or an admission without limits)."""
+    return await service.append_message(
         AppendMessage(
             user_id=user or session.user_id,
             session_id=session.id,
             job_id=job or uuid.uuid4(),
             role=role,
             content=content,
+            admission=(admit or admission()) if role == "user" else None,
         ),
         META,
     )
-    assert reply.error is None and reply.message is not None
-    return reply.message, reply.created
 
 
 async def _get(service: HistoryService, session: SessionRecord) -> SessionRecord:
@@ -415,8 +441,7 @@ async def test_delete_removes_messages_and_announces_it(
 ) -> None:
     session = await _create(service)
     keep = await _create(service, persona="other")
-    for i in range(3):
-        await _append(service, session, content=f"gone {i}")
+    gone = [(await _append(service, session, content=f"gone {i}"))[0] for i in range(3)]
     kept, _ = await _append(service, keep, content="kept")
 
     with pytest.raises(NotFound):
@@ -436,8 +461,10 @@ async def test_delete_removes_messages_and_announces_it(
         await service.delete_session(DeleteSession(user_id="alice", session_id=session.id), META)
 
     assert await relay.drain() == 1
-    [sent] = publisher.sent
+    [sent] = publisher.on()
     assert sent.subject == subjects.SESSION_DELETED and sent.msg_id == f"{session.id}.deleted"
+    # Nobody answered its three messages: their jobs are named, for the caller to cancel.
+    assert set(reply.unfinished) == {m.job_id for m in gone}
     assert isinstance(sent.body, SessionDeleted)
     assert sent.body.session_id == session.id and sent.body.user_id == "alice"
 
