@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))
 from contracts.history import AppendMessage, CreateSession  # noqa: E402
 from services.history.cache import Cache, CacheMetrics  # noqa: E402
 from services.history.cache_backends import MemoryBackend  # noqa: E402
-from services.history.db import make_engine, migrate  # noqa: E402
+from services.history.models import DATABASE  # noqa: E402
 from services.history.outbox import Relay  # noqa: E402
 from services.history.service import HistoryService  # noqa: E402
 from services.history.store import Store  # noqa: E402
-from services.runtime.bus import RequestMeta  # noqa: E402
 from services.runtime.logging import configure_logging  # noqa: E402
+from services.runtime.meta import RequestMeta  # noqa: E402
 
 META = RequestMeta("bench", "bench")
 SESSIONS = 50
@@ -47,8 +47,8 @@ async def measure(concurrency: int, appends: int) -> tuple[float, float]:
     """Return (appends per second, ms of CPU per append) at one concurrency."""
     with tempfile.TemporaryDirectory(prefix="history-appends-") as tmp:
         url = f"sqlite+aiosqlite:///{tmp}/history.db"
-        await migrate(url)
-        engine = make_engine(url)
+        await DATABASE.migrate(url)
+        engine = DATABASE.make_engine(url)
         store = Store(engine)
         cache = Cache(MemoryBackend(10_000), CacheMetrics(CollectorRegistry()))
         relay = Relay(store, NoPublisher())  # type: ignore[arg-type]

@@ -11,15 +11,22 @@ from contracts import subjects
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import CacheBackend, MemoryBackend, RedisBackend
 from services.history.config import Settings
-from services.history.db import make_engine, migrate
+from services.history.models import DATABASE
 from services.history.outbox import Publisher, Relay
 from services.history.service import HistoryService
 from services.history.store import Store
-from services.history.subscribers import build_router
+from services.history.subscribers import build_responder
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.telemetry import Observability, Telemetry
+
+# Where history's outbox publishes (session events, chat jobs) and its dead letters go.
+STREAMS = (
+    subjects.SESSION_EVENTS_STREAM,
+    subjects.CHAT_JOBS_STREAM,
+    subjects.DEADLETTER_STREAM,
+)
 
 
 def make_cache(settings: Settings, registry: CollectorRegistry, logger: Any = None) -> Cache:
@@ -65,9 +72,12 @@ def create_app(
         settings, "history", metrics=ServiceMetrics("history", registry), telemetry=telemetry
     )
     registry = observability.metrics.registry
-    broker = make_broker(settings, "history", observability.broker_middlewares())
+    # Nobody reads the bus metrics of a process that does not serve them: not collected.
+    broker = make_broker(
+        settings, "history", observability.broker_middlewares(metrics=observability.served)
+    )
     bus = BusClient(broker, settings.bus_request_timeout)
-    engine = make_engine(
+    engine = DATABASE.make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
@@ -75,22 +85,27 @@ def create_app(
     store = Store(engine)
     cache = make_cache(settings, registry)
     relay = make_relay(settings, store, bus)
-    service = HistoryService(store, cache, relay, instance=settings.instance)
-    router = build_router(
-        service, DeadLetterPublisher(bus, "history"), max_workers=settings.request_concurrency
+    # The relay's timer leaves a just-admitted job to the publish after its commit this long.
+    lease = max(10.0, 2 * settings.event_publish_timeout)
+    service = HistoryService(store, cache, relay, instance=settings.instance, lease=lease)
+    responder = build_responder(
+        service,
+        DeadLetterPublisher(bus, "history"),
+        concurrency=settings.request_concurrency,
+        observer=observability.request_observer(),
     )
-    broker.include_router(router)
     app = FastStream(broker, logger=logging.getLogger("chatbus.history.app"))
 
     @app.on_startup
     async def prepare() -> None:
         # Schema and streams exist before the first request is taken.
-        await migrate(settings.database_url)
+        await DATABASE.migrate(settings.database_url)
         await broker.connect()
-        await ensure_streams(broker, (subjects.SESSION_EVENTS_STREAM, subjects.DEADLETTER_STREAM))
+        await ensure_streams(broker, STREAMS)
 
     @app.after_startup
     async def start_relay() -> None:
+        await responder.start(broker.connection)
         # Subscriptions reach the server before anyone is told this replica answers.
         await broker.connection.flush()
         # Events left pending by a crash are published on the first tick.
@@ -100,6 +115,7 @@ def create_app(
 
     @app.on_shutdown
     async def stop_relay() -> None:
+        await responder.stop()
         await relay.stop()
 
     @app.after_shutdown

@@ -123,9 +123,17 @@ class Cache:
 
     async def invalidate(self, user_id: str, session_ids: Iterable[UUID] = ()) -> None:
         """Retire the entries of a user's lists and of the given sessions; never raise."""
+        await self.invalidate_many((user_id,), session_ids)
+
+    async def invalidate_many(self, user_ids: Iterable[str], session_ids: Iterable[UUID]) -> None:
+        """Retire the entries of users' lists and of sessions, in one round trip; never raise."""
         if self.state is State.DOWN:
             return  # the epoch bump on recovery retires what this write changed
-        keys = [self._user_key(user_id), *(self._session_key(s) for s in session_ids)]
+        keys = [
+            *(self._user_key(u) for u in user_ids), *(self._session_key(s) for s in session_ids)
+        ]
+        if not keys:
+            return
         try:
             await self._guard(lambda: self.backend.bump(keys))
         except Unavailable:

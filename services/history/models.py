@@ -1,7 +1,7 @@
 """Tables of the history service.
 
 Tables live in the Postgres schema ``history``; on SQLite, which has no
-schemas, the engine translates that schema away (see ``db.make_engine``), so
+schemas, the engine translates that schema away (see ``Database.make_engine``), so
 the one set of tables serves both backends.
 """
 
@@ -21,9 +21,16 @@ from sqlalchemy import (
     text,
 )
 
-from services.runtime.database import UTCDateTime
+from services.runtime.database import Database, UTCDateTime
 
 SCHEMA = "history"
+# Where the tables live, how they migrate, and the engine factory (services.runtime.database).
+DATABASE = Database(
+    schema=SCHEMA,
+    package="services.history",
+    lock_key=0x68697374_6F727931,  # "history1"
+    write_option="history_write",
+)
 
 
 metadata = MetaData(schema=SCHEMA)
@@ -40,6 +47,8 @@ sessions = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("archived_at", UTCDateTime),
     Column("message_count", Integer, nullable=False, server_default="0"),
+    # The last job admitted in the session: the next one follows it while it is unfinished.
+    Column("tail_job_id", Uuid),
     CheckConstraint("status IN ('active', 'archived')", name="ck_sessions_status"),
 )
 Index(
@@ -83,6 +92,11 @@ messages = Table(
     Column("content", Text, nullable=False),
     Column("job_id", Uuid),
     Column("created_at", UTCDateTime, nullable=False),
+    # On a user message: when its job ended (reply stored, failed or cancelled); NULL while
+    # the job is unfinished. And the job it follows (the session's unfinished tail when it
+    # was admitted), so a repeated append answers the same.
+    Column("job_ended_at", UTCDateTime),
+    Column("follows", Uuid),
     UniqueConstraint("job_id", "role", name="uq_messages_job_role"),
     CheckConstraint("role IN ('user', 'assistant')", name="ck_messages_role"),
 )
@@ -97,6 +111,22 @@ Index(
     messages.c.user_id,
     messages.c.created_at.desc(),
     messages.c.id.desc(),
+)
+# Unfinished jobs, of a user (the limit) and of a session (multitask, delete): partial
+# indexes holding only the few user messages whose job has not ended.
+UNFINISHED = text("role = 'user' AND job_ended_at IS NULL")
+Index(
+    "ix_messages_user_unfinished",
+    messages.c.user_id,
+    messages.c.created_at,
+    postgresql_where=UNFINISHED,
+    sqlite_where=UNFINISHED,
+)
+Index(
+    "ix_messages_session_unfinished",
+    messages.c.session_id,
+    postgresql_where=UNFINISHED,
+    sqlite_where=UNFINISHED,
 )
 
 # Events written in the same transaction as the change they announce; a relay

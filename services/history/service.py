@@ -14,7 +14,9 @@ from contracts.history import (
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -26,22 +28,21 @@ from contracts.history import (
     SessionRecord,
     SessionReply,
 )
-from services.history.appends import AppendBatcher, duplicate
+from services.history.admission import JOB_HORIZON
+from services.history.appends import AppendBatcher
 from services.history.cache import Cache
-from services.history.cursor import Position, decode_cursor, encode_cursor
 from services.history.errors import (
     ActiveSessionExists,
-    Conflict,
-    DuplicateMessage,
-    HistoryError,
+    InvalidInput,
     NotFound,
     RetryableConflict,
     Unavailable,
 )
 from services.history.outbox import archived_event, deleted_event
-from services.history.store import Store, Tx
-from services.runtime.bus import RequestMeta
+from services.history.store import Event, Store, Tx
+from services.runtime.cursor import MalformedCursor, Position, decode_cursor, encode_cursor
 from services.runtime.database import unreachable
+from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.history")
 
@@ -51,22 +52,27 @@ FEED_CURSOR = "f"
 CREATE_ATTEMPTS = 3
 
 
-class Waker(Protocol):
+class Outbox(Protocol):
     """Told after a commit that queued outbox events (the relay)."""
 
     def wake(self) -> None:
-        """Publish the pending events soon."""
+        """Publish the pending events soon (by claiming them)."""
+
+    def announce(self, events: Sequence[Event]) -> None:
+        """Publish these just-committed events now, from memory."""
 
 
 class HistoryService:
     """Serve the history requests: reads through the cache, writes with outbox events."""
 
-    def __init__(self, store: Store, cache: Cache, outbox: Waker, *, instance: str) -> None:
+    def __init__(
+        self, store: Store, cache: Cache, outbox: Outbox, *, instance: str, lease: float = 10.0
+    ) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
         self.instance = instance
-        self.appends = AppendBatcher(store, self._append_one)
+        self.appends = AppendBatcher(store, self._appended, lease=lease)
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""
@@ -118,14 +124,15 @@ class HistoryService:
         return SessionReply(session=session)
 
     async def delete_session(self, req: DeleteSession, meta: RequestMeta) -> DeleteReply:
-        """Delete one of the user's sessions with its messages."""
+        """Delete one of the user's sessions with its messages; name its unfinished jobs."""
         now = utcnow()
         async with self.store.write() as tx:
             session = await _owned(tx, req.session_id, req.user_id, lock=True)
+            unfinished = await tx.session_unfinished(session.id, now - JOB_HORIZON)
             await tx.delete_session(session.id)
             await _queue(tx, deleted_event(session, now), meta, now)
         await self._committed(req.user_id, [session.id], events=True)
-        return DeleteReply(deleted=True)
+        return DeleteReply(deleted=True, unfinished=tuple(unfinished))
 
     async def get_session(self, req: GetSession, _: RequestMeta) -> SessionReply:
         """Return one of the user's sessions."""
@@ -141,7 +148,7 @@ class HistoryService:
 
     async def list_sessions(self, req: ListSessions, _: RequestMeta) -> SessionPage:
         """Return a page of the user's sessions, newest first."""
-        after = decode_cursor(SESSION_CURSOR, req.cursor) if req.cursor else None
+        after = _after(SESSION_CURSOR, req.cursor)
 
         async def load() -> SessionPage:
             async with self.store.read() as tx:
@@ -158,49 +165,31 @@ class HistoryService:
             model=SessionPage, load=load,
         )
 
-    async def append_message(self, req: AppendMessage, _: RequestMeta) -> MessageReply:
-        """Store a job's message once; a repeat returns the stored one unchanged."""
-        reply = await self.appends.append(req)  # with whatever other appends are waiting
-        if reply.created:
-            await self._committed(req.user_id, [req.session_id], events=False)
-        return reply
+    async def append_message(self, req: AppendMessage, meta: RequestMeta) -> MessageReply:
+        """Store a job's message once, admitting the job of a user message (limits, order,
+        multitask) in the same transaction; a repeat returns the stored one unchanged."""
+        if req.role == "user" and req.admission is None:
+            raise InvalidInput("a user message needs an admission")
+        if req.role != "user" and req.admission is not None:
+            raise InvalidInput("only a user message is admitted")
+        return await self.appends.append(req, meta)  # with whatever other appends are waiting
 
-    async def _append_one(self, req: AppendMessage) -> MessageReply:
-        """Store one append in its own transaction (a batch that raced falls back to this)."""
-        now = utcnow()
-        record = MessageRecord(
-            id=uuid.uuid4(),
-            session_id=req.session_id,
-            user_id=req.user_id,
-            role=req.role,
-            content=req.content,
-            created_at=now,
-            job_id=req.job_id,
-        )
-        try:
-            async with self.store.write() as tx:
-                # The row lock orders appends against a concurrent archive of the session.
-                session = await _owned(tx, req.session_id, req.user_id, lock=True)
-                existing = await tx.get_message(req.job_id, req.role)
-                if existing is not None:
-                    return self._duplicate(existing, req, session.persona)
-                if req.role == "user" and session.status != "active":
-                    raise Conflict("the session is archived")
-                await tx.insert_message(record)
-                await tx.count_message(req.session_id, now)
-        except DuplicateMessage:
-            # A concurrent duplicate committed first: answer with its message.
-            async with self.store.read() as tx:
-                existing = await tx.get_message(req.job_id, req.role)
-                found = await tx.get_session(req.session_id)
-            if existing is None or found is None:
-                raise NotFound("no such session") from None
-            return self._duplicate(existing, req, found.persona)
-        return MessageReply(message=record, created=True, persona=session.persona)
+    async def end_job(self, req: EndJob, _: RequestMeta) -> JobEnded:
+        """Mark a job that ended without a reply (failed, cancelled) ended; a repeat is a no-op."""
+        async with self.store.write() as tx:
+            known = await tx.end_job(req.user_id, req.job_id, utcnow())
+        return JobEnded(known=known)
+
+    async def _appended(
+        self, users: set[str], sessions: set[uuid.UUID], events: list[Event]
+    ) -> None:
+        """After an append batch committed: publish its jobs, retire what it changed."""
+        self.outbox.announce(events)
+        await self.cache.invalidate_many(users, sessions)
 
     async def list_messages(self, req: ListMessages, _: RequestMeta) -> MessagePage:
         """Return a page of a session's messages, newest first."""
-        after = decode_cursor(MESSAGE_CURSOR, req.cursor) if req.cursor else None
+        after = _after(MESSAGE_CURSOR, req.cursor)
 
         async def load() -> MessagePage:
             async with self.store.read() as tx:
@@ -216,7 +205,7 @@ class HistoryService:
 
     async def list_feed(self, req: ListFeed, _: RequestMeta) -> MessagePage:
         """Return a page of the user's messages across all sessions, newest first."""
-        after = decode_cursor(FEED_CURSOR, req.cursor) if req.cursor else None
+        after = _after(FEED_CURSOR, req.cursor)
 
         async def load() -> MessagePage:
             async with self.store.read() as tx:
@@ -235,14 +224,6 @@ class HistoryService:
             items = await tx.search_messages(req.user_id, req.query, req.limit)
         return MessagePage(items=tuple(items))
 
-    @staticmethod
-    def _duplicate(existing: MessageRecord, req: AppendMessage, persona: str) -> MessageReply:
-        # A job id belongs to one session; reusing it elsewhere is a caller's bug.
-        outcome = duplicate(existing, req, persona)
-        if isinstance(outcome, HistoryError):
-            raise outcome
-        return outcome
-
     async def _committed(
         self, user_id: str, session_ids: Sequence[uuid.UUID], *, events: bool
     ) -> None:
@@ -256,7 +237,8 @@ async def _queue(
     tx: Tx, event: tuple[str, str, Contract], meta: RequestMeta, at: datetime
 ) -> None:
     msg_id, subject, body = event
-    await tx.add_event(msg_id, subject, body.model_dump_json(), meta.request_id, meta.user_id, at)
+    row = Event(msg_id, subject, body.model_dump_json(), meta.request_id, meta.user_id, at)
+    await tx.add_events([row])
 
 
 async def _owned(
@@ -267,6 +249,16 @@ async def _owned(
     if session is None or session.user_id != user_id:
         raise NotFound("no such session")
     return session
+
+
+def _after(kind: str, cursor: str | None) -> Position | None:
+    """Decode a page's cursor; a malformed one is the caller's ``invalid``."""
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(kind, cursor)
+    except MalformedCursor as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 def _next(kind: str, page: Sequence[SessionRecord | MessageRecord], more: bool) -> str | None:

@@ -1,8 +1,6 @@
-"""Bus edges of the history service: validate, call one service method, reply."""
+"""Bus edges of the history service: each subject, its request and reply, and who answers."""
 
-
-import structlog
-from faststream.nats import NatsMessage, NatsRouter
+from typing import Any
 
 from contracts import subjects
 from contracts.base import Ping, Pong
@@ -12,7 +10,9 @@ from contracts.history import (
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -24,58 +24,46 @@ from contracts.history import (
 )
 from services.history.errors import HistoryError, to_bus_error
 from services.history.service import HistoryService
-from services.runtime.answer import RequestAnswerer
-from services.runtime.deadletter import DeadLetterPublisher
-
-log = structlog.get_logger("chatbus.history.subscribers")
+from services.runtime.answer import Answerer, DeadLetters, Route
+from services.runtime.responder import Observer, Responder
 
 
-def build_router(
-    service: HistoryService, deadletters: DeadLetterPublisher, *, max_workers: int = 32
-) -> NatsRouter:
-    """Wire the history subjects to the service, one queue group across replicas."""
-    router = NatsRouter()
-    edge = RequestAnswerer("history", deadletters, HistoryError, to_bus_error)
-    queue = subjects.HISTORY_QUEUE
+def routes(service: HistoryService) -> list[Route[Any, Any]]:
+    """Return the history subjects and the service method answering each."""
+    return [
+        Route(subjects.HISTORY_SESSION_CREATE, CreateSession, SessionReply, service.create_session),
+        Route(subjects.HISTORY_SESSION_GET, GetSession, SessionReply, service.get_session),
+        Route(subjects.HISTORY_SESSION_LIST, ListSessions, SessionPage, service.list_sessions),
+        Route(subjects.HISTORY_MESSAGE_APPEND, AppendMessage, MessageReply, service.append_message),
+        Route(subjects.HISTORY_MESSAGE_LIST, ListMessages, MessagePage, service.list_messages),
+        Route(subjects.HISTORY_JOB_END, EndJob, JobEnded, service.end_job),
+        Route(
+            subjects.HISTORY_SESSION_ARCHIVE, ArchiveSession, SessionReply, service.archive_session
+        ),
+        Route(subjects.HISTORY_SESSION_DELETE, DeleteSession, DeleteReply, service.delete_session),
+        Route(subjects.HISTORY_FEED, ListFeed, MessagePage, service.list_feed),
+        Route(subjects.HISTORY_SEARCH, SearchMessages, MessagePage, service.search_messages),
+        Route(subjects.HISTORY_PING, Ping, Pong, service.ping),
+    ]
 
-    @router.subscriber(subjects.HISTORY_SESSION_CREATE, queue=queue, max_workers=max_workers)
-    async def create_session(msg: NatsMessage) -> SessionReply:
-        return await edge.answer(msg, CreateSession, SessionReply, service.create_session)
 
-    @router.subscriber(subjects.HISTORY_SESSION_GET, queue=queue, max_workers=max_workers)
-    async def get_session(msg: NatsMessage) -> SessionReply:
-        return await edge.answer(msg, GetSession, SessionReply, service.get_session)
+def answerer(deadletters: DeadLetters) -> Answerer:
+    """Return the history edge: malformed requests dead-lettered, domain errors mapped."""
+    return Answerer("history", deadletters, HistoryError, to_bus_error)
 
-    @router.subscriber(subjects.HISTORY_SESSION_LIST, queue=queue, max_workers=max_workers)
-    async def list_sessions(msg: NatsMessage) -> SessionPage:
-        return await edge.answer(msg, ListSessions, SessionPage, service.list_sessions)
 
-    @router.subscriber(subjects.HISTORY_MESSAGE_APPEND, queue=queue, max_workers=max_workers)
-    async def append_message(msg: NatsMessage) -> MessageReply:
-        return await edge.answer(msg, AppendMessage, MessageReply, service.append_message)
-
-    @router.subscriber(subjects.HISTORY_MESSAGE_LIST, queue=queue, max_workers=max_workers)
-    async def list_messages(msg: NatsMessage) -> MessagePage:
-        return await edge.answer(msg, ListMessages, MessagePage, service.list_messages)
-
-    @router.subscriber(subjects.HISTORY_SESSION_ARCHIVE, queue=queue, max_workers=max_workers)
-    async def archive_session(msg: NatsMessage) -> SessionReply:
-        return await edge.answer(msg, ArchiveSession, SessionReply, service.archive_session)
-
-    @router.subscriber(subjects.HISTORY_SESSION_DELETE, queue=queue, max_workers=max_workers)
-    async def delete_session(msg: NatsMessage) -> DeleteReply:
-        return await edge.answer(msg, DeleteSession, DeleteReply, service.delete_session)
-
-    @router.subscriber(subjects.HISTORY_FEED, queue=queue, max_workers=max_workers)
-    async def list_feed(msg: NatsMessage) -> MessagePage:
-        return await edge.answer(msg, ListFeed, MessagePage, service.list_feed)
-
-    @router.subscriber(subjects.HISTORY_SEARCH, queue=queue, max_workers=max_workers)
-    async def search_messages(msg: NatsMessage) -> MessagePage:
-        return await edge.answer(msg, SearchMessages, MessagePage, service.search_messages)
-
-    @router.subscriber(subjects.HISTORY_PING, queue=queue)
-    async def ping(msg: NatsMessage) -> Pong:
-        return await edge.answer(msg, Ping, Pong, service.ping)
-
-    return router
+def build_responder(
+    service: HistoryService,
+    deadletters: DeadLetters,
+    *,
+    concurrency: int = 32,
+    observer: Observer | None = None,
+) -> Responder:
+    """Answer every history subject on the history queue group, across replicas."""
+    return Responder(
+        answerer(deadletters),
+        routes(service),
+        queue=subjects.HISTORY_QUEUE,
+        concurrency=concurrency,
+        observer=observer,
+    )

@@ -34,9 +34,9 @@ def dev_token(settings: LauncherSettings, user_id: str) -> str:
 @app.command()
 def migrate() -> None:
     """Bring the history and memory schemas of DATABASE_URL up to date, then exit."""
-    from services.history import db as history_db
     from services.history.config import Settings
-    from services.memory import db as memory_db
+    from services.history.models import DATABASE as history_db
+    from services.memory.models import DATABASE as memory_db
 
     url = Settings().database_url
 

@@ -11,11 +11,11 @@ from contracts import subjects
 from contracts.history import MessageRecord
 from services.memory.bus import BusEvents, BusHistory
 from services.memory.config import Settings
-from services.memory.db import make_engine, migrate
 from services.memory.llm import OpenAIExtractor
+from services.memory.models import DATABASE
 from services.memory.service import MemoryService
 from services.memory.store import Store
-from services.memory.subscribers import build_router, consumer_config
+from services.memory.subscribers import build_responder, build_router, consumer_config
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.metrics import LLMMetrics
@@ -60,9 +60,12 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     """Build the memory service: database, model client, broker, subscribers."""
     observability = Observability(settings, "memory", telemetry=telemetry)
     llm_metrics = observability.metrics.llm(settings.llm_model)
-    broker = make_broker(settings, "memory", observability.broker_middlewares())
+    # Nobody reads the bus metrics of a process that does not serve them: not collected.
+    broker = make_broker(
+        settings, "memory", observability.broker_middlewares(metrics=observability.served)
+    )
     bus = BusClient(broker, settings.bus_request_timeout)
-    engine = make_engine(
+    engine = DATABASE.make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
@@ -77,19 +80,24 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
         max_per_session=settings.memory_max_per_session,
         heartbeat_interval=settings.heartbeat_interval,
     )
-    broker.include_router(build_router(settings, service, DeadLetterPublisher(bus, "memory")))
+    deadletters = DeadLetterPublisher(bus, "memory")
+    broker.include_router(build_router(settings, service, deadletters))
+    responder = build_responder(
+        settings, service, deadletters, observability.request_observer()
+    )
     app = FastStream(broker, logger=logging.getLogger("chatbus.memory.app"))
 
     @app.on_startup
     async def prepare() -> None:
         # Schema, streams and consumers exist before the first message is taken.
-        await migrate(settings.database_url)
+        await DATABASE.migrate(settings.database_url)
         await broker.connect()
         await ensure_streams(broker, STREAMS)
         await ensure_consumers(broker, settings)
 
     @app.after_startup
     async def announce() -> None:
+        await responder.start(broker.connection)
         # Subscriptions reach the server before anyone is told this replica answers.
         await broker.connection.flush()
         observability.start()
@@ -99,6 +107,10 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
             base_url=settings.openai_base_url or "https://api.openai.com/v1",
             max_attempts=settings.memory_max_attempts,
         )
+
+    @app.on_shutdown
+    async def stop_answering() -> None:
+        await responder.stop()
 
     @app.after_shutdown
     async def close() -> None:

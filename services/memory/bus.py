@@ -6,7 +6,8 @@ from contracts import subjects
 from contracts.history import MAX_PAGE, ListMessages, MessagePage, MessageRecord
 from contracts.memory import MemoriesStored
 from services.memory.errors import EventNotStored, HistoryUnavailable
-from services.runtime.bus import BusClient, BusError, RequestMeta
+from services.runtime.bus import BusClient
+from services.runtime.meta import BusError, RequestMeta
 
 # A session is read in pages; this bounds the pages of one (huge) session.
 MAX_PAGES = 1000

@@ -13,12 +13,13 @@ Hierarchy::
 
 A session stored concurrently by another delivery (``AlreadyProcessed``) is
 raised by the store and handled by the service; it never reaches settlement.
+How a failed attempt is settled (:func:`verdict_for`) is a
+:class:`services.runtime.settle.Verdict`: retried while attempts remain, else
+dead-lettered with the reason.
 """
 
-from dataclasses import dataclass
-from enum import Enum
-
 from contracts.base import BusError, ErrorCode
+from services.runtime.settle import Verdict, give_up, retry
 
 REASON_LIMIT = 2000
 
@@ -78,35 +79,18 @@ class AlreadyProcessed(Exception):
     """Another delivery recorded the session first."""
 
 
-class Settle(Enum):
-    """What to tell JetStream about a delivered event."""
-
-    ACK = "ack"  # done (or nothing to do): never deliver again
-    RETRY = "retry"  # nak with a delay: deliver again later
-    GIVE_UP = "give_up"  # dead-letter with the reason, then term
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """How to settle one delivery, and why."""
-
-    settle: Settle
-    delay: float = 0.0
-    reason: str = ""
-
-
 def verdict_for(
     exc: BaseException, *, deliveries: int, max_attempts: int, retry_delay: float
 ) -> Verdict:
     """Decide whether a failed delivery is tried again or dead-lettered."""
-    reason = _reason(exc)
     retryable = not isinstance(exc, GenerationFailed) or exc.retryable
     if retryable and deliveries < max_attempts:
-        return Verdict(Settle.RETRY, delay=retry_delay, reason=reason)
-    return Verdict(Settle.GIVE_UP, reason=f"gave up after {deliveries} attempt(s): {reason}")
+        return retry(retry_delay)
+    return give_up(f"gave up after {deliveries} attempt(s): {reason_for(exc)}")
 
 
-def _reason(exc: BaseException) -> str:
+def reason_for(exc: BaseException) -> str:
+    """Describe a failed attempt for the logs and the dead letter."""
     text = str(exc) or type(exc).__name__
     if not isinstance(exc, MemoryServiceError):
         text = f"unexpected {type(exc).__name__}: {text}"

@@ -9,9 +9,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from contracts.history import MessageRecord
 from services.memory.config import Settings
 from services.memory.errors import InvalidModelOutput, ModelFailed
+from services.runtime.openai_errors import describe as describe_openai_error
 
-# Statuses worth another attempt; any other 4xx will fail the same way again.
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
 SCHEMA_NAME = "memory_extraction"
 SYSTEM_PROMPT = (
     "You maintain long-term memories about a user from their conversations with an "
@@ -84,17 +83,9 @@ class OpenAIExtractor:
                 messages=cast(Any, prompt(messages, self.limit)),
                 response_format=cast(Any, response_format()),
             )
-        except openai.APIStatusError as exc:
-            retryable = exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUSES
-            raise ModelFailed(
-                f"model answered {exc.status_code}: {exc.message}", retryable=retryable
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise ModelFailed("model call timed out") from exc
-        except openai.APIConnectionError as exc:
-            raise ModelFailed(f"model unreachable: {exc}") from exc
         except openai.OpenAIError as exc:
-            raise ModelFailed(f"model call failed: {exc}") from exc
+            reason, retryable = describe_openai_error(exc)
+            raise ModelFailed(reason, retryable=retryable) from exc
         if self.on_usage is not None:
             self.on_usage(completion.usage)
         if not completion.choices:

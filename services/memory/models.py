@@ -1,7 +1,7 @@
 """Tables of the memory service.
 
 Tables live in the Postgres schema ``memory``; on SQLite, which has no
-schemas, the engine translates that schema away (see ``db.make_engine``), so
+schemas, the engine translates that schema away (see ``Database.make_engine``), so
 the one set of tables serves both backends and shares the file with history
 (the names do not collide: ``memories``, ``processed_sessions``).
 """
@@ -17,7 +17,7 @@ from sqlalchemy import (
     Uuid,
 )
 
-from services.runtime.database import UTCDateTime
+from services.runtime.database import Database, UTCDateTime
 
 SCHEMA = "memory"
 MEMORY_CHARS = 500  # contracts.memory.MAX_MEMORY_CHARS, fixed in the migration
@@ -30,6 +30,13 @@ DELETED = "deleted"
 STATUSES = (STORED, ANNOUNCED, DELETED)
 
 
+# Where the tables live, how they migrate, and the engine factory (services.runtime.database).
+DATABASE = Database(
+    schema=SCHEMA,
+    package="services.memory",
+    lock_key=0x6D656D6F_72793031,  # "memory01"
+    write_option="memory_write",
+)
 metadata = MetaData(schema=SCHEMA)
 
 memories = Table(

@@ -1,9 +1,7 @@
 """Rules of the memory service: generate each archived session's memories once, serve recall."""
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from enum import Enum
 from typing import Protocol
@@ -23,14 +21,16 @@ from contracts.memory import (
     RecallMemories,
 )
 from contracts.sessions import SessionArchived, SessionDeleted
-from services.memory.cursor import Position, decode_cursor, encode_cursor
-from services.memory.errors import AlreadyProcessed, NotFound, Unavailable
+from services.memory.errors import AlreadyProcessed, InvalidInput, NotFound, Unavailable
 from services.memory.models import STORED
 from services.memory.store import Store
-from services.runtime.bus import RequestMeta
+from services.runtime.cursor import MalformedCursor, Position, decode_cursor, encode_cursor
 from services.runtime.database import unreachable
+from services.runtime.heartbeat import beating
+from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.memory")
+RECALL_CURSOR = "r"
 Heartbeat = Callable[[], Awaitable[None]]
 
 
@@ -101,7 +101,10 @@ class MemoryService:
         ``query`` keeps memories whose content contains it, ignoring case (a plain
         substring match: ILIKE on Postgres; on SQLite only ASCII letters fold case).
         """
-        after = decode_cursor(req.cursor) if req.cursor else None
+        try:
+            after = decode_cursor(RECALL_CURSOR, req.cursor) if req.cursor else None
+        except MalformedCursor as exc:
+            raise InvalidInput(str(exc)) from exc
         async with self.store.read() as tx:
             items = await tx.recall(
                 req.user_id,
@@ -111,7 +114,8 @@ class MemoryService:
                 limit=req.limit + 1,
             )
         page, more = items[: req.limit], len(items) > req.limit
-        cursor = encode_cursor(Position(page[-1].created_at, page[-1].id)) if more else None
+        last = page[-1] if more else None
+        cursor = encode_cursor(RECALL_CURSOR, Position(last.created_at, last.id)) if last else None
         return MemoryPage(items=tuple(page), next_cursor=cursor)
 
     async def delete_memory(self, req: DeleteMemory, _: RequestMeta) -> MemoryDeleted:
@@ -218,23 +222,3 @@ class MemoryService:
             for index, content in enumerate(contents)
         ]
 
-
-@asynccontextmanager
-async def beating(heartbeat: Heartbeat, interval: float) -> AsyncIterator[None]:
-    """Call ``heartbeat`` every ``interval`` seconds while the block runs."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await heartbeat()
-            except Exception as exc:
-                # A missed beat costs at worst a duplicate delivery, which is idempotent.
-                log.warning("heartbeat failed", error=repr(exc))
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

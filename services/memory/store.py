@@ -13,10 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.memory import MemoryRecord
-from services.memory.cursor import Position
-from services.memory.db import WRITE_OPTION
 from services.memory.errors import AlreadyProcessed
-from services.memory.models import ANNOUNCED, DELETED, STORED, memories, processed_sessions
+from services.memory.models import (
+    ANNOUNCED,
+    DATABASE,
+    DELETED,
+    STORED,
+    memories,
+    processed_sessions,
+)
+from services.runtime.cursor import Position
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class Store:
     async def write(self) -> AsyncIterator["Tx"]:
         """Run queries in one write transaction, committed when the block exits cleanly."""
         async with self.engine.connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
+            conn = await conn.execution_options(**{DATABASE.write_option: True})
             async with conn.begin():
                 yield Tx(conn)
 

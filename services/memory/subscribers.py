@@ -1,7 +1,7 @@
 """Bus edges of the memory service: requests answered with replies, events settled by hand."""
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from faststream import AckPolicy
@@ -15,17 +15,12 @@ from contracts.base import Contract, Ping, Pong
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.memory.config import Settings
-from services.memory.errors import (
-    MemoryServiceError,
-    Settle,
-    Verdict,
-    to_bus_error,
-    verdict_for,
-)
+from services.memory.errors import MemoryServiceError, reason_for, to_bus_error, verdict_for
 from services.memory.service import MemoryService
-from services.runtime.answer import RequestAnswerer, describe
-from services.runtime.bus import RequestMeta
-from services.runtime.deadletter import DeadLetterPublisher
+from services.runtime.answer import Answerer, DeadLetters, Route, describe
+from services.runtime.meta import RequestMeta
+from services.runtime.responder import Observer, Responder
+from services.runtime.settle import ACK, give_up, settle
 
 E = TypeVar("E", bound=Contract)
 log = structlog.get_logger("chatbus.memory.subscribers")
@@ -52,13 +47,11 @@ def consumer_config(settings: Settings, durable: str, subject: str) -> ConsumerC
 
 
 class Edge:
-    """Turn raw messages into service calls and every outcome into a reply or a settlement."""
+    """Turn delivered events into service calls and every outcome into a settlement."""
 
-    def __init__(self, settings: Settings, deadletters: DeadLetterPublisher) -> None:
+    def __init__(self, settings: Settings, deadletters: DeadLetters) -> None:
         self.settings = settings
         self.deadletters = deadletters
-        answerer = RequestAnswerer("memory", deadletters, MemoryServiceError, to_bus_error)
-        self.answer = answerer.answer
 
     async def consume(
         self,
@@ -67,17 +60,18 @@ class Edge:
         call: Callable[[E, RequestMeta], Awaitable[object]],
     ) -> None:
         """Validate an event, run ``call``, then ack, retry or dead-letter it."""
+        raw = msg.raw_message
         try:
             event = event_type.model_validate_json(msg.body)
         except ValidationError as exc:
             reason = f"not a {event_type.__name__}: {describe(exc)}"
-            await self.settle(msg, Verdict(Settle.GIVE_UP, reason=reason))
+            await settle(raw, give_up(reason), self.deadletters)
             return
-        deliveries = int(msg.raw_message.metadata.num_delivered or 1)
+        deliveries = int(raw.metadata.num_delivered or 1)
         max_attempts = self.settings.memory_max_attempts
         if deliveries > CRASH_SLACK * max_attempts:
             reason = f"delivered {deliveries} times without finishing"
-            await self.settle(msg, Verdict(Settle.GIVE_UP, reason=reason))
+            await settle(raw, give_up(reason), self.deadletters)
             return
         try:
             await call(event, RequestMeta.from_headers(msg.headers))
@@ -88,63 +82,56 @@ class Edge:
                 max_attempts=max_attempts,
                 retry_delay=self.settings.memory_retry_delay,
             )
+            fields = {
+                "kind": event_type.__name__,
+                "deliveries": deliveries,
+                "settle": verdict.settle.value,
+            }
             if isinstance(exc, MemoryServiceError):
-                log.warning(
-                    "attempt failed",
-                    kind=event_type.__name__,
-                    reason=verdict.reason,
-                    deliveries=deliveries,
-                    settle=verdict.settle.value,
-                )
+                log.warning("attempt failed", reason=reason_for(exc), **fields)
             else:
-                log.exception(
-                    "attempt failed unexpectedly",
-                    kind=event_type.__name__,
-                    deliveries=deliveries,
-                    settle=verdict.settle.value,
-                )
-            await self.settle(msg, verdict)
+                log.exception("attempt failed unexpectedly", **fields)
+            await settle(raw, verdict, self.deadletters)
             return
-        await self.settle(msg, Verdict(Settle.ACK))
+        await settle(raw, ACK, self.deadletters)
 
-    async def settle(self, msg: NatsMessage, verdict: Verdict) -> None:
-        """Apply a verdict: the one mapping from outcomes to ack, nak and term."""
-        try:
-            if verdict.settle is Settle.ACK:
-                await msg.ack()
-            elif verdict.settle is Settle.RETRY:
-                await msg.nack(delay=verdict.delay or None)
-            else:
-                await self.deadletters.publish(msg, verdict.reason)
-                await msg.reject()
-        except Exception as exc:
-            # The server redelivers an unsettled message after its ack deadline.
-            log.warning("could not settle a message", error=repr(exc))
+
+def routes(service: MemoryService) -> list[Route[Any, Any]]:
+    """Return the request-reply subjects of the memory service and who answers each."""
+    return [
+        Route(subjects.MEMORY_RECALL, RecallMemories, MemoryPage, service.recall),
+        Route(subjects.MEMORY_DELETE, DeleteMemory, MemoryDeleted, service.delete_memory),
+        Route(subjects.MEMORY_PING, Ping, Pong, service.ping),
+    ]
+
+
+def build_responder(
+    settings: Settings,
+    service: MemoryService,
+    deadletters: DeadLetters,
+    observer: Observer | None = None,
+) -> Responder:
+    """Answer recall, delete and ping on the memory queue group."""
+    answerer = Answerer("memory", deadletters, MemoryServiceError, to_bus_error)
+    return Responder(
+        answerer,
+        routes(service),
+        queue=subjects.MEMORY_QUEUE,
+        concurrency=settings.request_concurrency,
+        observer=observer,
+    )
 
 
 def build_router(
-    settings: Settings, service: MemoryService, deadletters: DeadLetterPublisher
+    settings: Settings, service: MemoryService, deadletters: DeadLetters
 ) -> NatsRouter:
-    """Wire the memory subjects to the service: a queue group and two durable consumers."""
+    """Wire the two durable consumers of session events to the service."""
     router = NatsRouter()
     edge = Edge(settings, deadletters)
-    queue, workers = subjects.MEMORY_QUEUE, settings.request_concurrency
     stream = JStream(subjects.SESSION_EVENTS_STREAM.name, declare=False)
     # One pull brings a batch that runs together; the next pull waits for the whole batch,
     # so no fetched message waits unheartbeated behind a busy worker.
     pull = PullSub(batch_size=settings.memory_concurrency, timeout=settings.memory_fetch_timeout)
-
-    @router.subscriber(subjects.MEMORY_RECALL, queue=queue, max_workers=workers)
-    async def recall(msg: NatsMessage) -> MemoryPage:
-        return await edge.answer(msg, RecallMemories, MemoryPage, service.recall)
-
-    @router.subscriber(subjects.MEMORY_DELETE, queue=queue, max_workers=workers)
-    async def delete(msg: NatsMessage) -> MemoryDeleted:
-        return await edge.answer(msg, DeleteMemory, MemoryDeleted, service.delete_memory)
-
-    @router.subscriber(subjects.MEMORY_PING, queue=queue)
-    async def ping(msg: NatsMessage) -> Pong:
-        return await edge.answer(msg, Ping, Pong, service.ping)
 
     @router.subscriber(
         subjects.SESSION_ARCHIVED,

@@ -1,22 +1,23 @@
 """The edge of a request-reply handler: every request gets exactly one reply.
 
-A raising FastStream handler sends no reply and its caller times out, so a
-request that fails validation becomes an ``invalid`` reply (and a dead letter),
-a domain error becomes its mapped ``BusError``, and anything else is logged
-once with its stack trace and answered ``internal``, without internals.
+A request that fails validation becomes an ``invalid`` reply (and a dead
+letter), a domain error becomes its mapped ``BusError``, and anything else is
+logged once with its stack trace and answered ``internal``, without internals.
+Nothing here knows NATS: :mod:`services.runtime.responder` feeds it raw bodies.
 """
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import structlog
-from faststream.nats import NatsMessage
 from pydantic import ValidationError
 
 from contracts.base import BusError, Contract, Reply
-from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.meta import RequestMeta
+from services.runtime.settle import DeadLetters
 
+__all__ = ["Answerer", "DeadLetters", "Route", "describe"]
 Req = TypeVar("Req", bound=Contract)
 Rep = TypeVar("Rep", bound=Reply)
 log = structlog.get_logger("chatbus.answer")
@@ -32,13 +33,23 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)[:1500]
 
 
-class RequestAnswerer:
+@dataclass(frozen=True)
+class Route(Generic[Req, Rep]):
+    """One subject served: its request and reply models and the service method answering."""
+
+    subject: str
+    request: type[Req]
+    reply: type[Rep]
+    call: Callable[[Req, RequestMeta], Awaitable[Rep]]
+
+
+class Answerer:
     """Turn one raw request into one reply, whatever goes wrong."""
 
     def __init__(
         self,
         service: str,
-        deadletters: DeadLetterPublisher,
+        deadletters: DeadLetters,
         domain_error: type[Exception],
         to_bus_error: Callable[[Any], BusError],
     ) -> None:
@@ -48,24 +59,24 @@ class RequestAnswerer:
         self.to_bus_error = to_bus_error
 
     async def answer(
-        self,
-        msg: NatsMessage,
-        request_type: type[Req],
-        reply_type: type[Rep],
-        call: Callable[[Req, RequestMeta], Awaitable[Rep]],
-    ) -> Rep:
-        """Validate the body, run ``call``, and map every failure to an error reply."""
+        self, route: Route[Any, Any], data: bytes, headers: Mapping[str, str] | None, msg: Any
+    ) -> Reply:
+        """Validate ``data``, run the route's call, and map every failure to an error reply.
+
+        ``msg`` is the raw message, dead-lettered as it came when it is malformed.
+        """
         try:
-            request = request_type.model_validate_json(msg.body)
+            request = route.request.model_validate_json(data)
         except ValidationError as exc:
-            reason = f"invalid {request_type.__name__}: {describe(exc)}"
+            reason = f"invalid {route.request.__name__}: {describe(exc)}"
             await self.deadletters.publish(msg, reason)
-            return reply_type(error=BusError(code="invalid", message=reason[:MESSAGE_LIMIT]))
+            error = BusError(code="invalid", message=reason[:MESSAGE_LIMIT])
+            return route.reply(error=error)  # type: ignore[no-any-return]
         try:
-            return await call(request, RequestMeta.from_headers(msg.headers))
+            return await route.call(request, RequestMeta.from_headers(headers))  # type: ignore[no-any-return]
         except self.domain_error as exc:
-            return reply_type(error=self.to_bus_error(exc))
+            return route.reply(error=self.to_bus_error(exc))  # type: ignore[no-any-return]
         except Exception:
-            log.exception(f"{self.service} request failed", request=request_type.__name__)
+            log.exception(f"{self.service} request failed", request=route.request.__name__)
             message = f"internal error in the {self.service} service"
-            return reply_type(error=BusError(code="internal", message=message))
+            return route.reply(error=BusError(code="internal", message=message))  # type: ignore[no-any-return]

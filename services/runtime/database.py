@@ -89,7 +89,7 @@ def run_alembic_env(service: str, schema: str, metadata: MetaData) -> None:
     """
     connection = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError(f"run {service} migrations through services.{service}.db.migrate()")
+        raise RuntimeError(f"run {service} migrations through its Database.migrate()")
     if connection.dialect.name == "postgresql":
         table, version_schema = "alembic_version", schema
         # Alembic creates its version table before the first migration runs.

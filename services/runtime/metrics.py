@@ -33,6 +33,7 @@ from faststream import BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
 from faststream._internal.types import BrokerMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.prometheus.container import MetricsContainer
 from faststream.response import PublishType
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
@@ -40,11 +41,18 @@ from contracts import subjects
 from contracts.base import Reply
 from contracts.deadletter import DeadLetter
 
-# Job events (published per delta): no per-message middleware work on them.
-HOT_PREFIXES = (f"{subjects.CHAT_JOB_PREFIX}.",)
+# Job events published once per token (``chat.job.<id>.delta``): no per-message middleware
+# work on them.
+JOB_PREFIX = f"{subjects.CHAT_JOB_PREFIX}."
+HOT_SUFFIX = ".delta"
 DEADLETTER_PREFIX = f"{subjects.DEADLETTER_PREFIX}."
 BUS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
+def is_hot(subject: str) -> bool:
+    """Tell whether a subject carries one message per token (kept out of middlewares)."""
+    return subject.startswith(JOB_PREFIX) and subject.endswith(HOT_SUFFIX)
 
 
 class ServiceMetrics:
@@ -82,6 +90,10 @@ class ServiceMetrics:
         )
         return (_BusMetrics(self, faststream_metrics),)
 
+    def requests(self) -> "RequestMetrics":
+        """Return the recorder of requests answered outside FastStream (the responder)."""
+        return RequestMetrics(self)
+
     def llm(self, model: str) -> "LLMMetrics":
         """Register the model-call metrics (services that call an LLM)."""
         return LLMMetrics(self.registry, model)
@@ -105,6 +117,33 @@ class ServiceMetrics:
     def port(self) -> int | None:
         """Return the port the endpoint listens on, or None."""
         return None if self._server is None else int(self._server.server_address[1])
+
+
+class RequestMetrics:
+    """Requests answered by ``services.runtime.responder``, under FastStream's metric names.
+
+    FastStream's container hands back the metrics already in the registry, so these
+    are the very series its middleware fills for the subscribers it runs.
+    """
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.service = metrics.service
+        self.error_replies = metrics.error_replies
+        self.container = MetricsContainer(
+            metrics.registry, metrics_prefix="chatbus", custom_label_names=()
+        )
+
+    def handled(self, subject: str, size: int, seconds: float, reply: Reply | None) -> None:
+        """Record one request: its body size, handling time and reply (None: it raised)."""
+        labels = (self.service, "nats", subject)
+        container = self.container
+        container.received_messages_total.labels(*labels).inc()
+        container.received_messages_size_bytes.labels(*labels).observe(size)
+        container.received_processed_messages_duration_seconds.labels(*labels).observe(seconds)
+        status = "acked" if reply is not None else "error"
+        container.received_processed_messages_total.labels(*labels, status).inc()
+        if reply is not None and reply.error is not None:
+            self.error_replies.labels(subject, reply.error.code).inc()
 
 
 class LLMMetrics:
@@ -214,7 +253,7 @@ class _BusMetricsScope(BaseMiddleware):
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
         destination: str = cmd.destination
-        if destination.startswith(HOT_PREFIXES):
+        if is_hot(destination):
             return await call_next(cmd)
         inner = self.owner.faststream(self.msg, context=self.context)
         if cmd.publish_type is PublishType.REQUEST:

@@ -39,8 +39,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from contracts.base import Reply
 from services.runtime.config import ServiceSettings
-from services.runtime.metrics import HOT_PREFIXES, ServiceMetrics
+from services.runtime.metrics import RequestMetrics, ServiceMetrics, is_hot
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -155,9 +156,28 @@ class _UntracedScope(BaseMiddleware):
         return await self.inner.consume_scope(call_next, msg)
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
-        if cmd.publish_type is PublishType.REPLY or cmd.destination.startswith(HOT_PREFIXES):
+        if cmd.publish_type is PublishType.REPLY or is_hot(cmd.destination):
             return await call_next(cmd)
         return await self.inner.publish_scope(call_next, cmd)
+
+
+class RequestObserver:
+    """Metrics (when served) and a span (when tracing) per request the responder answers."""
+
+    def __init__(self, metrics: RequestMetrics | None, telemetry: Telemetry) -> None:
+        self.metrics = metrics
+        self.telemetry = telemetry
+
+    def handled(self, subject: str, size: int, seconds: float, reply: Reply | None) -> None:
+        """Record one request: its body size, handling time and reply (None: it raised)."""
+        if self.metrics is not None:
+            self.metrics.handled(subject, size, seconds, reply)
+
+    def span(
+        self, subject: str, headers: Mapping[str, str] | None
+    ) -> AbstractContextManager[object]:
+        """Trace one request as FastStream names it, continuing the sender's trace."""
+        return self.telemetry.consumer_span(f"{subject} process", headers)
 
 
 class Observability:
@@ -179,9 +199,25 @@ class Observability:
             telemetry if telemetry is not None else Telemetry.from_settings(settings, service)
         )
 
-    def broker_middlewares(self) -> tuple[BrokerMiddleware[Any, Any], ...]:
-        """Return the broker middlewares: tracing outermost, then metrics."""
-        return (*self.telemetry.broker_middlewares(), *self.metrics.broker_middlewares())
+    @property
+    def served(self) -> bool:
+        """Tell whether this process serves its metrics (``METRICS_PORT`` is set)."""
+        return self.metrics_port is not None
+
+    def broker_middlewares(self, metrics: bool = True) -> tuple[BrokerMiddleware[Any, Any], ...]:
+        """Return the broker middlewares: tracing outermost, then metrics (unless not ``metrics``).
+
+        A service whose metrics nobody can read passes ``metrics=False``: each
+        middleware costs every publish and every handled message.
+        """
+        bus_metrics = self.metrics.broker_middlewares() if metrics else ()
+        return (*self.telemetry.broker_middlewares(), *bus_metrics)
+
+    def request_observer(self) -> "RequestObserver | None":
+        """Return what records requests answered by the responder; None when nobody looks."""
+        if not self.served and not self.telemetry.enabled:
+            return None
+        return RequestObserver(self.metrics.requests() if self.served else None, self.telemetry)
 
     def start(self) -> None:
         """Open the metrics endpoint when ``METRICS_PORT`` is set."""

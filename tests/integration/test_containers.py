@@ -17,8 +17,7 @@ import redis.asyncio as redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.history.db import migrate
-from services.history.models import SCHEMA
+from services.history.models import DATABASE, SCHEMA
 from tests import servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -53,8 +52,8 @@ def nats_container() -> Iterator[str]:
 
 
 async def test_history_migrates_on_a_postgres_container(postgres_container: str) -> None:
-    await migrate(postgres_container)
-    await migrate(postgres_container)  # a second run finds nothing to do
+    await DATABASE.migrate(postgres_container)
+    await DATABASE.migrate(postgres_container)  # a second run finds nothing to do
 
     engine = create_async_engine(postgres_container)
     try:

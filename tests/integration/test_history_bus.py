@@ -6,13 +6,16 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faststream.nats import NatsBroker
 from nats.js.api import RawStreamMsg
+from sqlalchemy import func, select
 
 from contracts import subjects
 from contracts.base import Ping, Pong
+from contracts.chat import RequestChat
 from contracts.deadletter import DeadLetter
 from contracts.history import (
     AppendMessage,
@@ -20,7 +23,9 @@ from contracts.history import (
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -32,14 +37,14 @@ from contracts.history import (
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.app import create_app
 from services.history.config import Settings
-from services.history.db import make_engine, migrate
+from services.history.models import DATABASE, outbox
 from services.history.outbox import Relay
 from services.history.store import Store
 from services.launcher.natsserver import NatsServer
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.meta import RequestMeta
-from tests.streams import stream_messages_at
-from tests.unit.test_history_service import META, RecordingPublisher, build_service
+from tests.streams import eventually, stream_messages_at
+from tests.unit.test_history_service import META, RecordingPublisher, admission, build_service
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -109,7 +114,8 @@ async def test_every_subject_round_trips(running: Running) -> None:
     assert [s.id for s in listed.items] == [sid]
 
     append = AppendMessage(
-        user_id="u1", session_id=sid, job_id=uuid.uuid4(), role="user", content="hello"
+        user_id="u1", session_id=sid, job_id=uuid.uuid4(), role="user", content="hello",
+        admission=admission(),
     )
     stored = await bus.request(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply, meta)
     assert stored.created and stored.message is not None
@@ -183,7 +189,8 @@ async def test_archive_delete_and_feed_over_the_bus(running: Running) -> None:
     assert created.session is not None
     sid = created.session.id
     append = AppendMessage(
-        user_id="u1", session_id=sid, job_id=uuid.uuid4(), role="user", content="hello"
+        user_id="u1", session_id=sid, job_id=uuid.uuid4(), role="user", content="hello",
+        admission=admission(),
     )
     stored = await bus.request(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply, meta)
     feed = await bus.request(subjects.HISTORY_FEED, ListFeed(user_id="u1"), MessagePage, meta)
@@ -217,8 +224,8 @@ async def test_an_event_committed_while_the_bus_is_down_is_published_once_later(
     server.start()
     broker = make_broker(Settings(nats_url=server.url), "history-test")
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    await migrate(url)
-    engine = make_engine(url)
+    await DATABASE.migrate(url)
+    engine = DATABASE.make_engine(url)
     store = Store(engine)
     relay = Relay(store, BusClient(broker, 1.0), interval=0.2, publish_timeout=0.5)
     service = build_service(store, RecordingPublisher())
@@ -259,3 +266,117 @@ async def test_an_event_committed_while_the_bus_is_down_is_published_once_later(
         await service.cache.aclose()
         await engine.dispose()
         server.stop()
+
+
+async def _jobs_at(nats_url: str, count: int, settle: float = 0.0) -> list[RawStreamMsg]:
+    """Wait until the chat-jobs stream holds ``count`` jobs (then ``settle`` more seconds)."""
+    found = await eventually(
+        lambda: stream_messages_at(
+            nats_url, subjects.CHAT_JOBS_STREAM.name, subjects.CHAT_REQUESTED
+        ),
+        lambda jobs: len(jobs) >= count,
+        TIMEOUT,
+    )
+    if settle:
+        await asyncio.sleep(settle)
+        found = await stream_messages_at(
+            nats_url, subjects.CHAT_JOBS_STREAM.name, subjects.CHAT_REQUESTED
+        )
+    return found
+
+
+async def test_an_admitted_job_reaches_the_chat_jobs_stream_once(running: Running) -> None:
+    meta = RequestMeta(request_id="req-job", user_id="u1")
+    bus = running.bus
+    created = await bus.request(
+        subjects.HISTORY_SESSION_CREATE, CreateSession(user_id="u1", persona="p"), SessionReply,
+        meta,
+    )
+    assert created.session is not None
+    append = AppendMessage(
+        user_id="u1", session_id=created.session.id, job_id=uuid.uuid4(), role="user",
+        content="hello", admission=admission(max_active_jobs=1),
+    )
+    stored = await bus.request(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply, meta)
+    assert stored.created and stored.message is not None
+    again = await bus.request(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply, meta)
+    assert not again.created and again.error is None
+    over = append.model_copy(update={"job_id": uuid.uuid4()})
+    refused = await bus.request(subjects.HISTORY_MESSAGE_APPEND, over, MessageReply, meta)
+    assert refused.error is not None and refused.error.code == "too_many_jobs"
+    assert refused.error.retry_after is not None and refused.error.retry_after > 0
+
+    [job] = await _jobs_at(running.nats_url, 1, settle=0.5)
+    body = RequestChat.model_validate_json(job.data or b"")
+    assert body.job_id == append.job_id and body.message_id == stored.message.id
+    assert body.persona == "p" and body.follows is None and body.revision == 1
+    headers = job.headers or {}
+    assert headers["Nats-Msg-Id"] == str(append.job_id)
+    assert headers[subjects.HEADER_REQUEST_ID] == "req-job"
+
+    ended = await bus.request(
+        subjects.HISTORY_JOB_END, EndJob(user_id="u1", job_id=append.job_id), JobEnded, meta
+    )
+    assert ended.known
+    freed = await bus.request(subjects.HISTORY_MESSAGE_APPEND, over, MessageReply, meta)
+    assert freed.created
+
+
+class Crashing(Relay):
+    """The process dies right after the commit: the announcement never leaves."""
+
+    def announce(self, events: Any) -> None:
+        return None
+
+
+class Forgetting(Relay):
+    """The process dies after publishing, before marking the rows sent."""
+
+    async def flush_marks(self) -> None:
+        self._sent.clear()
+
+
+@pytest.mark.parametrize("death", [Crashing, Forgetting])
+async def test_a_job_is_in_the_stream_exactly_once_whatever_dies_when(
+    clean_nats: str, tmp_path: Path, death: type[Relay]
+) -> None:
+    broker = make_broker(Settings(nats_url=clean_nats), "history-test")
+    url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
+    await DATABASE.migrate(url)
+    engine = DATABASE.make_engine(url)
+    store = Store(engine)
+    bus = BusClient(broker, TIMEOUT)
+    dying = build_service(store, RecordingPublisher())
+    dying.outbox = death(store, bus)
+    dying.appends.lease = 0.3
+    later = Relay(store, bus, interval=0.1)  # the replica (or restart) that takes over
+    try:
+        await broker.connect()
+        await ensure_streams(broker, (subjects.CHAT_JOBS_STREAM,))
+        session = (
+            await dying.create_session(CreateSession(user_id="u1", persona="p"), META)
+        ).session
+        assert session is not None
+        append = AppendMessage(
+            user_id="u1", session_id=session.id, job_id=uuid.uuid4(), role="user",
+            content="hello", admission=admission(),
+        )
+        assert (await dying.append_message(append, META)).created
+        await dying.outbox.settle()  # type: ignore[attr-defined]
+        later.start()
+        jobs = await _jobs_at(clean_nats, 1, settle=1.0)  # the lease ran out: the timer ran
+        while await later.drain():
+            pass
+        jobs = await stream_messages_at(
+            clean_nats, subjects.CHAT_JOBS_STREAM.name, subjects.CHAT_REQUESTED
+        )
+        assert len(jobs) == 1
+        assert (jobs[0].headers or {})["Nats-Msg-Id"] == str(append.job_id)
+        async with store.read() as tx:
+            unsent = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+            assert (await tx.conn.execute(unsent)).scalar_one() == 0
+    finally:
+        await later.stop()
+        await broker.stop()
+        await dying.cache.aclose()
+        await engine.dispose()

@@ -24,8 +24,8 @@ from contracts.history import (
 from services.history.app import make_cache
 from services.history.cache import State
 from services.history.config import Settings
-from services.history.db import make_engine, migrate
 from services.history.errors import NotFound
+from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
@@ -82,7 +82,7 @@ def private_redis() -> Iterator[RedisProcess]:
 @pytest.fixture(params=BACKENDS)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = await DB.fresh_url(request.param, tmp_path, request)
-    await migrate(url)
+    await DATABASE.migrate(url)
     return url
 
 
@@ -112,7 +112,7 @@ async def replicas(
             redis_retry_interval=0.05,
         )
         registry, log = CollectorRegistry(), RecordingLogger()
-        store = Store(make_engine(database_url))
+        store = Store(DATABASE.make_engine(database_url))
         cache = make_cache(settings, registry, log)
         service = HistoryService(
             store, cache, Relay(store, RecordingPublisher()), instance=f"r{len(built)}"

@@ -12,9 +12,24 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from contracts.base import utcnow
-from services.history.db import DATABASE, make_engine, migrate
-from services.history.models import sessions
+from services.history.models import DATABASE, sessions
 from tests.databases import BACKENDS, ServiceDatabase
+from tests.unit.test_history_admission import (  # noqa: F401  (collected again here)
+    test_a_failed_announcement_is_left_to_the_timer,
+    test_a_job_left_by_a_crash_after_the_commit_is_published_by_the_timer,
+    test_an_admitted_job_is_announced_once_on_chat_requested,
+    test_appends_arriving_together_hold_the_limit_exactly,
+    test_delete_names_only_the_unfinished_jobs,
+    test_each_job_follows_the_sessions_unfinished_tail,
+    test_end_job_is_idempotent_and_only_the_owners,
+    test_follows_is_exact_within_one_batch,
+    test_interrupt_names_the_unfinished_jobs_to_cancel,
+    test_jobs_unfinished_for_a_day_stop_counting,
+    test_messages_per_minute_are_refused_until_the_oldest_leaves_the_window,
+    test_reject_refuses_while_the_session_has_an_unfinished_job,
+    test_too_many_unfinished_jobs_are_refused_and_nothing_is_stored,
+    test_two_replicas_at_the_limit_admit_exactly_the_limit,
+)
 from tests.unit.test_history_cache import (  # noqa: F401  (collected again here)
     cached,
     test_concurrent_misses_on_one_key_query_the_database_once,
@@ -50,7 +65,7 @@ from tests.unit.test_history_service import (  # noqa: F401  (collected again he
 )
 
 pytestmark = pytest.mark.integration
-HEAD = "0002"
+HEAD = "0003"
 
 
 DB = ServiceDatabase(DATABASE)
@@ -71,8 +86,8 @@ _version_table = DB.version_table
 
 
 async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> None:
-    await migrate(database_url)
-    engine = make_engine(database_url)
+    await DATABASE.migrate(database_url)
+    engine = DATABASE.make_engine(database_url)
     try:
         async with engine.begin() as conn:
             await conn.execute(
@@ -88,7 +103,7 @@ async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> N
     finally:
         await engine.dispose()
 
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
 
     assert await _scalar(database_url, select(func.count()).select_from(sessions)) == 1
     assert await _scalar(database_url, f"SELECT version_num FROM {_version_table(backend)}") == (
@@ -97,13 +112,13 @@ async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> N
 
 
 async def test_replicas_migrating_at_once_do_not_race(database_url: str, backend: str) -> None:
-    await asyncio.gather(*(migrate(database_url) for _ in range(4)))
+    await asyncio.gather(*(DATABASE.migrate(database_url) for _ in range(4)))
     assert await _scalar(database_url, f"SELECT count(*) FROM {_version_table(backend)}") == 1
 
 
 async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/missing/dir/shared.db"
-    engine = make_engine(url)
+    engine = DATABASE.make_engine(url)
     (tmp_path / "missing" / "dir").mkdir(parents=True)
     try:
         async with engine.begin() as conn:
@@ -112,7 +127,7 @@ async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Pat
     finally:
         await engine.dispose()
 
-    await migrate(url)
+    await DATABASE.migrate(url)
 
     assert await _scalar(url, "SELECT version_num FROM alembic_version") == "other-service"
     assert await _scalar(url, "SELECT version_num FROM history_alembic_version") == HEAD
@@ -121,21 +136,21 @@ async def test_sqlite_file_is_shared_with_another_services_alembic(tmp_path: Pat
 
 async def test_migrate_creates_the_sqlite_directory(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/a/b/history.db"
-    await migrate(url)
+    await DATABASE.migrate(url)
     assert (tmp_path / "a" / "b" / "history.db").exists()
 
 
 async def test_migrate_leaves_the_sqlite_file_in_wal_mode(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    await migrate(url)
+    await DATABASE.migrate(url)
     # Kept in the file: a fresh connection, which sets no journal mode, reads it back.
     assert await _scalar(url, "PRAGMA journal_mode") == "wal"
 
 
 async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> None:
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
     await DB.downgrade(database_url, "0001")
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
     table = "history.outbox" if backend == "postgres" else "outbox"
     assert await _scalar(database_url, f"SELECT count(*) FROM {table}") == 0
     assert await _scalar(database_url, f"SELECT version_num FROM {_version_table(backend)}") == (
@@ -144,7 +159,7 @@ async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> N
 
 
 async def test_pooler_url_turns_statement_caches_off(postgres_url: str) -> None:
-    engine = make_engine(f"{postgres_url}?prepared_statement_cache_size=0")
+    engine = DATABASE.make_engine(f"{postgres_url}?prepared_statement_cache_size=0")
     try:
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1

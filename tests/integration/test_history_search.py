@@ -17,6 +17,7 @@ from contracts.history import (
 from services.runtime.meta import RequestMeta
 from tests.integration.test_history_bus import TIMEOUT, Running, running
 from tests.streams import stream_messages_at
+from tests.unit.test_history_service import admission
 
 pytestmark = pytest.mark.integration
 __all__ = ["running"]  # the fixture, imported so pytest finds it
@@ -32,7 +33,7 @@ async def say(r: Running, user: str, persona: str, *texts: str) -> None:
     for text in texts:
         append = AppendMessage(
             user_id=user, session_id=created.session.id, job_id=uuid.uuid4(),
-            role="user", content=text,
+            role="user", content=text, admission=admission(),
         )
         reply = await r.bus.request(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply, meta)
         assert reply.error is None

@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from contracts.base import utcnow
-from services.history.db import migrate as migrate_history
-from services.memory.db import DATABASE, make_engine, migrate
-from services.memory.models import memories
+from services.history.models import DATABASE as HISTORY_DATABASE
+from services.memory.models import DATABASE, memories
 from tests.databases import BACKENDS, ServiceDatabase
 from tests.unit.test_memory_service import (  # noqa: F401  (collected again here)
     test_a_deleted_session_forgets_its_memories_and_stays_forgotten,
@@ -53,8 +52,8 @@ _version_table = DB.version_table
 
 
 async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> None:
-    await migrate(database_url)
-    engine = make_engine(database_url)
+    await DATABASE.migrate(database_url)
+    engine = DATABASE.make_engine(database_url)
     try:
         async with engine.begin() as conn:
             await conn.execute(
@@ -70,7 +69,7 @@ async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> N
     finally:
         await engine.dispose()
 
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
 
     assert await _scalar(database_url, select(func.count()).select_from(memories)) == 1
     version = f"SELECT version_num FROM {_version_table(backend)}"
@@ -78,13 +77,13 @@ async def test_second_migration_is_a_no_op(database_url: str, backend: str) -> N
 
 
 async def test_replicas_migrating_at_once_do_not_race(database_url: str, backend: str) -> None:
-    await asyncio.gather(*(migrate(database_url) for _ in range(4)))
+    await asyncio.gather(*(DATABASE.migrate(database_url) for _ in range(4)))
     assert await _scalar(database_url, f"SELECT count(*) FROM {_version_table(backend)}") == 1
 
 
 async def test_tables_live_in_the_memory_schema_on_postgres(postgres_url: str) -> None:
     await DB.drop(postgres_url)
-    await migrate(postgres_url)
+    await DATABASE.migrate(postgres_url)
     found = await _scalar(
         postgres_url,
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'memory' "
@@ -95,9 +94,9 @@ async def test_tables_live_in_the_memory_schema_on_postgres(postgres_url: str) -
 
 async def test_the_sqlite_file_is_shared_with_history(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/shared/chatbus.db"
-    await migrate_history(url)
-    await migrate(url)
-    await migrate_history(url)  # each service sees only its own version table
+    await HISTORY_DATABASE.migrate(url)
+    await DATABASE.migrate(url)
+    await HISTORY_DATABASE.migrate(url)  # each service sees only its own version table
 
     assert await _scalar(url, "SELECT version_num FROM memory_alembic_version") == HEAD
     assert await _scalar(url, "SELECT count(*) FROM history_alembic_version") == 1
@@ -106,9 +105,9 @@ async def test_the_sqlite_file_is_shared_with_history(tmp_path: Path) -> None:
 
 
 async def test_downgrade_and_upgrade_again(database_url: str, backend: str) -> None:
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
     await DB.downgrade(database_url, "base")
-    await migrate(database_url)
+    await DATABASE.migrate(database_url)
     table = "memory.processed_sessions" if backend == "postgres" else "processed_sessions"
     assert await _scalar(database_url, f"SELECT count(*) FROM {table}") == 0
     version = f"SELECT version_num FROM {_version_table(backend)}"

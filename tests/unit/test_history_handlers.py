@@ -1,16 +1,16 @@
-"""History handlers through FastStream's in-memory broker: reply shapes and bad input."""
+"""History handlers through the request edge, as the responder calls it: replies and bad input."""
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.nats import JStream, NatsBroker, NatsMessage, TestNatsBroker
 from prometheus_client import CollectorRegistry
 
 from contracts import subjects
-from contracts.base import Contract, Ping, Pong, Reply
+from contracts.base import Ping, Pong, Reply
 from contracts.deadletter import DeadLetter
 from contracts.history import (
     AppendMessage,
@@ -18,7 +18,9 @@ from contracts.history import (
     CreateSession,
     DeleteReply,
     DeleteSession,
+    EndJob,
     GetSession,
+    JobEnded,
     ListFeed,
     ListMessages,
     ListSessions,
@@ -29,16 +31,14 @@ from contracts.history import (
 )
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import MemoryBackend
-from services.history.db import make_engine, migrate
+from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
-from services.history.subscribers import build_router
-from services.runtime.bus import BusClient
-from services.runtime.deadletter import DeadLetterPublisher
+from services.history.subscribers import answerer, routes
 from services.runtime.meta import RequestMeta
-
-TIMEOUT = 5.0
+from tests.answering import Edge, dead_letters
+from tests.unit.test_history_service import RecordingPublisher, admission
 
 
 class ExplodingService(HistoryService):
@@ -48,40 +48,28 @@ class ExplodingService(HistoryService):
         raise RuntimeError("password=hunter2 in a stack trace")
 
 
+@dataclass
 class Harness:
-    def __init__(self, broker: NatsBroker) -> None:
-        self.broker = broker
-        self.dead: list[DeadLetter] = []
+    edge: Edge
+    dead: list[DeadLetter]
 
-    async def ask(self, subject: str, body: Contract | bytes, reply: type[Reply]) -> Any:
-        answer = await self.broker.request(body, subject, timeout=TIMEOUT)
-        return reply.model_validate_json(answer.body)
+    async def ask(self, *args: Any) -> Any:
+        return await self.edge.ask(*args)
 
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    await migrate(url)
-    engine = make_engine(url)
-    broker = NatsBroker()
-    bus = BusClient(broker, TIMEOUT)
+    await DATABASE.migrate(url)
+    engine = DATABASE.make_engine(url)
     store = Store(engine)
     cache = Cache(MemoryBackend(100), CacheMetrics(CollectorRegistry()))
-    service = ExplodingService(store, cache, Relay(store, bus), instance="unit-1")
-    broker.include_router(build_router(service, DeadLetterPublisher(bus, "history")))
-    harness = Harness(broker)
-
-    # A stream publish reaches only subscribers of that stream, in the test broker too.
-    @broker.subscriber(
-        subjects.deadletter("history"),
-        stream=JStream(subjects.DEADLETTER_STREAM.name, declare=False),
-    )
-    async def capture(msg: NatsMessage) -> None:
-        harness.dead.append(DeadLetter.model_validate_json(msg.body))
-
+    relay = Relay(store, RecordingPublisher())
+    service = ExplodingService(store, cache, relay, instance="unit-1")
+    letters, dead = dead_letters("history")
     try:
-        async with TestNatsBroker(broker):
-            yield harness
+        yield Harness(Edge.of(answerer(letters), routes(service)), dead)
+        await relay.settle()
     finally:
         await engine.dispose()
 
@@ -101,7 +89,8 @@ async def test_every_subject_answers_with_its_reply_model(harness: Harness) -> N
 
     job = uuid.uuid4()
     append = AppendMessage(
-        user_id="u", session_id=session_id, job_id=job, role="user", content="hello"
+        user_id="u", session_id=session_id, job_id=job, role="user", content="hello",
+        admission=admission(),
     )
     stored = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
     assert stored.created and stored.message.content == "hello"
@@ -114,6 +103,14 @@ async def test_every_subject_answers_with_its_reply_model(harness: Harness) -> N
         MessagePage,
     )
     assert messages.items == (stored.message,)
+
+    ended = await harness.ask(subjects.HISTORY_JOB_END, EndJob(user_id="u", job_id=job), JobEnded)
+    assert ended.error is None and ended.known
+    unknown = EndJob(user_id="u", job_id=uuid.uuid4())
+    assert not (await harness.ask(subjects.HISTORY_JOB_END, unknown, JobEnded)).known
+    unadmitted = append.model_copy(update={"admission": None, "job_id": uuid.uuid4()})
+    refused = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, unadmitted, MessageReply)
+    assert refused.error.code == "invalid" and "admission" in refused.error.message
     assert harness.dead == []
 
 
@@ -175,7 +172,8 @@ async def test_archive_delete_and_feed_answer_with_their_reply_models(harness: H
     )
     session_id = created.session.id
     append = AppendMessage(
-        user_id="u", session_id=session_id, job_id=uuid.uuid4(), role="user", content="hi"
+        user_id="u", session_id=session_id, job_id=uuid.uuid4(), role="user", content="hi",
+        admission=admission(),
     )
     stored = await harness.ask(subjects.HISTORY_MESSAGE_APPEND, append, MessageReply)
 

@@ -13,8 +13,7 @@ from sqlalchemy import func, select, update
 from contracts import subjects
 from contracts.base import utcnow
 from contracts.history import ArchiveSession, CreateSession
-from services.history.db import make_engine
-from services.history.models import outbox
+from services.history.models import DATABASE, outbox
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store, Tx
@@ -77,7 +76,7 @@ async def test_committed_events_survive_a_crash_before_publishing(
     # The service committed and "died" before its relay ran: nothing was published.
     await service.archive_session(ArchiveSession(user_id="alice", session_id=session.id), META)
 
-    engine = make_engine(database_url)  # a new process
+    engine = DATABASE.make_engine(database_url)  # a new process
     try:
         later = RecordingPublisher()
         assert await Relay(Store(engine), later).drain() == 1
@@ -95,7 +94,7 @@ async def test_concurrent_relays_publish_each_event_once(
     for session in made:
         await service.archive_session(ArchiveSession(user_id="alice", session_id=session.id), META)
 
-    engines = [make_engine(database_url) for _ in range(3)]
+    engines = [DATABASE.make_engine(database_url) for _ in range(3)]
     publishers = [RecordingPublisher() for _ in engines]
     try:
         relays = [Relay(Store(e), p) for e, p in zip(engines, publishers, strict=True)]

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from contracts import subjects
-from contracts.base import Contract
+from contracts.base import Contract, utcnow
 from contracts.history import (
+    Admission,
     AppendMessage,
     ArchiveSession,
     CreateSession,
@@ -24,14 +25,15 @@ from contracts.history import (
     ListMessages,
     ListSessions,
     MessageRecord,
+    MessageReply,
     Role,
     SessionRecord,
 )
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import MemoryBackend
-from services.history.db import make_engine, migrate
 from services.history.errors import Conflict, InvalidInput, NotFound
+from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
@@ -55,6 +57,11 @@ class RecordingPublisher:
 
     sent: list[Published] = field(default_factory=list)
     fail: bool = False
+
+    def on(self, *subject: str) -> list[Published]:
+        """Return what was published on these subjects (default: the session events)."""
+        wanted = subject or (subjects.SESSION_ARCHIVED, subjects.SESSION_DELETED)
+        return [p for p in self.sent if p.subject in wanted]
 
     async def publish(
         self,
@@ -89,8 +96,8 @@ def build_service(store: Store, publisher: RecordingPublisher) -> HistoryService
 
 @pytest.fixture(name="service")
 async def service_fixture(database_url: str, publisher: RecordingPublisher) -> AsyncIterator[Any]:
-    await migrate(database_url)
-    engine = make_engine(database_url)
+    await DATABASE.migrate(database_url)
+    engine = DATABASE.make_engine(database_url)
     try:
         yield build_service(Store(engine), publisher)
     finally:
@@ -113,6 +120,11 @@ async def _create(
     return reply.session
 
 
+def admission(**limits: Any) -> Admission:
+    """Return the admission a gateway sends with a user message (no limits by default)."""
+    return Admission(revision=1, created_at=utcnow(), **limits)
+
+
 async def _append(
     service: HistoryService,
     session: SessionRecord,
@@ -121,18 +133,32 @@ async def _append(
     content: str = "hi",
     user: str | None = None,
 ) -> tuple[MessageRecord, bool]:
-    reply = await service.append_message(
+    reply = await _reply(service, session, role, job, content, user)
+    assert reply.error is None and reply.message is not None
+    return reply.message, reply.created
+
+
+async def _reply(
+    service: HistoryService,
+    session: SessionRecord,
+    role: Role = "user",
+    job: uuid.UUID | None = None,
+    content: str = "hi",
+    user: str | None = None,
+    admit: Admission | None = None,
+) -> MessageReply:
+    """Append a message (a user one with ``admit``, or an admission without limits)."""
+    return await service.append_message(
         AppendMessage(
             user_id=user or session.user_id,
             session_id=session.id,
             job_id=job or uuid.uuid4(),
             role=role,
             content=content,
+            admission=(admit or admission()) if role == "user" else None,
         ),
         META,
     )
-    assert reply.error is None and reply.message is not None
-    return reply.message, reply.created
 
 
 async def _get(service: HistoryService, session: SessionRecord) -> SessionRecord:
@@ -280,7 +306,7 @@ async def test_concurrent_appends_share_transactions_and_keep_their_own_answers(
 async def test_two_replicas_appending_one_job_store_it_once(
     service: HistoryService, database_url: str
 ) -> None:
-    other_engine = make_engine(database_url)  # a second replica: its own pool and batches
+    other_engine = DATABASE.make_engine(database_url)  # a second replica: its own pool and batches
     other = build_service(Store(other_engine), RecordingPublisher())
     try:
         session = await _create(service)
@@ -415,8 +441,7 @@ async def test_delete_removes_messages_and_announces_it(
 ) -> None:
     session = await _create(service)
     keep = await _create(service, persona="other")
-    for i in range(3):
-        await _append(service, session, content=f"gone {i}")
+    gone = [(await _append(service, session, content=f"gone {i}"))[0] for i in range(3)]
     kept, _ = await _append(service, keep, content="kept")
 
     with pytest.raises(NotFound):
@@ -436,8 +461,10 @@ async def test_delete_removes_messages_and_announces_it(
         await service.delete_session(DeleteSession(user_id="alice", session_id=session.id), META)
 
     assert await relay.drain() == 1
-    [sent] = publisher.sent
+    [sent] = publisher.on()
     assert sent.subject == subjects.SESSION_DELETED and sent.msg_id == f"{session.id}.deleted"
+    # Nobody answered its three messages: their jobs are named, for the caller to cancel.
+    assert set(reply.unfinished) == {m.job_id for m in gone}
     assert isinstance(sent.body, SessionDeleted)
     assert sent.body.session_id == session.id and sent.body.user_id == "alice"
 

@@ -1,29 +1,28 @@
-"""Memory edges: replies through FastStream's in-memory broker, settlement with fake deliveries."""
+"""Memory edges: replies through the request edge, settlement with fake deliveries."""
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from faststream.nats import JStream, NatsBroker, NatsMessage, TestNatsBroker
 
 from contracts import subjects
-from contracts.base import Contract, Ping, Pong, Reply
+from contracts.base import Ping, Pong
 from contracts.deadletter import DeadLetter
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from contracts.sessions import SessionArchived
 from services.memory.config import Settings
-from services.memory.errors import Settle, Verdict
+from services.memory.errors import MemoryServiceError, to_bus_error
 from services.memory.service import MemoryService
-from services.memory.subscribers import Edge, build_router
-from services.runtime.bus import BusClient
+from services.memory.subscribers import Edge, routes
+from services.runtime.answer import Answerer
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.meta import RequestMeta
+from tests.answering import Edge as RequestEdge
+from tests.answering import dead_letters
 from tests.unit.test_memory_service import World, archived, database_url_fixture, world_fixture
 
 __all__ = ["database_url_fixture", "world_fixture"]
-TIMEOUT = 5.0
 
 
 def settings(**overrides: Any) -> Settings:
@@ -38,31 +37,22 @@ def settings(**overrides: Any) -> Settings:
 
 @dataclass
 class Harness:
-    broker: NatsBroker
+    edge: RequestEdge
     dead: list[DeadLetter]
 
-    async def ask(self, subject: str, body: Contract | bytes, reply: type[Reply]) -> Any:
-        answer = await self.broker.request(body, subject, timeout=TIMEOUT)
-        return reply.model_validate_json(answer.body)
+    async def ask(self, *args: Any) -> Any:
+        return await self.edge.ask(*args)
+
+
+def answering(service: MemoryService) -> Harness:
+    letters, dead = dead_letters("memory")
+    answerer = Answerer("memory", letters, MemoryServiceError, to_bus_error)
+    return Harness(RequestEdge.of(answerer, routes(service)), dead)
 
 
 @pytest.fixture
-async def harness(world: World) -> AsyncIterator[Harness]:
-    broker = NatsBroker()
-    dead: list[DeadLetter] = []
-    letters = DeadLetterPublisher(BusClient(broker, TIMEOUT), "memory")
-    broker.include_router(build_router(settings(), world.service, letters))
-
-    # A stream publish reaches only subscribers of that stream, in the test broker too.
-    @broker.subscriber(
-        subjects.deadletter("memory"),
-        stream=JStream(subjects.DEADLETTER_STREAM.name, declare=False),
-    )
-    async def keep(msg: NatsMessage) -> None:
-        dead.append(DeadLetter.model_validate_json(msg.body))
-
-    async with TestNatsBroker(broker) as test_broker:
-        yield Harness(test_broker, dead)
+def harness(world: World) -> Harness:
+    return answering(world.service)
 
 
 async def test_recall_and_delete_answer_over_the_bus(world: World, harness: Harness) -> None:
@@ -112,21 +102,16 @@ async def test_a_bug_answers_internal_without_internals(world: World) -> None:
     service = ExplodingService(
         world.service.store, world.history, world.model, world.events, instance="x"
     )
-    broker = NatsBroker()
-    letters = DeadLetterPublisher(BusClient(broker, TIMEOUT), "memory")
-    broker.include_router(build_router(settings(), service, letters))
-    async with TestNatsBroker(broker) as test_broker:
-        answer = await test_broker.request(
-            RecallMemories(user_id="a"), subjects.MEMORY_RECALL, timeout=TIMEOUT
-        )
-    page = MemoryPage.model_validate_json(answer.body)
+    page = await answering(service).ask(
+        subjects.MEMORY_RECALL, RecallMemories(user_id="a"), MemoryPage
+    )
     assert page.error is not None and page.error.code == "internal"
     assert "hunter2" not in page.error.message
 
 
 @dataclass
 class FakeDelivery:
-    """Just enough of a NatsMessage for the consuming edge."""
+    """Just enough of a NatsMessage (and of its nats-py message) for the consuming edge."""
 
     body: bytes
     deliveries: int = 1
@@ -141,16 +126,19 @@ class FakeDelivery:
             subject="session.archived",
             data=self.body,
             headers=self.headers,
+            ack=self.ack,
+            nak=self.nak,
+            term=self.term,
         )
 
     async def ack(self) -> None:
         self.settled.append("ack")
 
-    async def nack(self, delay: float | None = None) -> None:
+    async def nak(self, delay: float | None = None) -> None:
         self.settled.append("nack")
         self.delay = delay
 
-    async def reject(self) -> None:
+    async def term(self) -> None:
         self.settled.append("term")
 
     async def in_progress(self) -> None:
@@ -215,7 +203,8 @@ async def test_settling_never_raises() -> None:
             raise ConnectionError("gone")
 
     edge = Edge(settings(), RecordingLetters())
-    await edge.settle(Broken(b""), Verdict(Settle.ACK))  # type: ignore[arg-type]
+    broken = Broken(archived().model_dump_json().encode())
+    await edge.consume(broken, SessionArchived, succeeding)  # type: ignore[arg-type]
 
 
 def _meta() -> RequestMeta:

@@ -8,14 +8,9 @@ from pydantic import ValidationError
 from contracts.base import utcnow
 from contracts.history import MessageRecord
 from services.memory.config import Settings
-from services.memory.errors import (
-    HistoryUnavailable,
-    InvalidModelOutput,
-    ModelFailed,
-    Settle,
-    verdict_for,
-)
+from services.memory.errors import HistoryUnavailable, InvalidModelOutput, ModelFailed, verdict_for
 from services.memory.llm import MemoryExtraction, parse, prompt, response_format
+from services.runtime.settle import Settle
 from services.simllm.memories import memory_extraction_for, wants_memory_extraction
 
 
@@ -94,11 +89,11 @@ def test_parse_accepts_only_a_memory_extraction() -> None:
     [
         (HistoryUnavailable("down"), 1, Settle.RETRY),
         (HistoryUnavailable("down"), 2, Settle.RETRY),
-        (HistoryUnavailable("down"), 3, Settle.GIVE_UP),
-        (InvalidModelOutput("junk"), 3, Settle.GIVE_UP),
-        (ModelFailed("model answered 401", retryable=False), 1, Settle.GIVE_UP),
+        (HistoryUnavailable("down"), 3, Settle.DROP),
+        (InvalidModelOutput("junk"), 3, Settle.DROP),
+        (ModelFailed("model answered 401", retryable=False), 1, Settle.DROP),
         (RuntimeError("bug"), 1, Settle.RETRY),
-        (RuntimeError("bug"), 5, Settle.GIVE_UP),
+        (RuntimeError("bug"), 5, Settle.DROP),
     ],
 )
 def test_failed_attempts_retry_until_the_last_then_give_up(
@@ -109,6 +104,7 @@ def test_failed_attempts_retry_until_the_last_then_give_up(
     if settle is Settle.RETRY:
         assert verdict.delay == 1.5
     else:
-        assert str(exc) in verdict.reason and f"after {deliveries} attempt" in verdict.reason
-    if isinstance(exc, RuntimeError):
-        assert "unexpected RuntimeError" in verdict.reason
+        reason = verdict.dead_letter or ""
+        assert str(exc) in reason and f"after {deliveries} attempt" in reason
+        if isinstance(exc, RuntimeError):
+            assert "unexpected RuntimeError" in reason

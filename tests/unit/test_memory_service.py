@@ -16,7 +16,6 @@ from contracts.base import utcnow
 from contracts.history import MessageRecord, Role
 from contracts.memory import DeleteMemory, MemoriesStored, RecallMemories
 from contracts.sessions import SessionArchived, SessionDeleted
-from services.memory.db import make_engine, migrate
 from services.memory.errors import (
     EventNotStored,
     HistoryUnavailable,
@@ -25,6 +24,7 @@ from services.memory.errors import (
     NotFound,
 )
 from services.memory.llm import parse
+from services.memory.models import DATABASE
 from services.memory.service import MemoryService, Outcome
 from services.memory.store import Store
 from services.runtime.meta import RequestMeta
@@ -136,8 +136,8 @@ def database_url_fixture(tmp_path: Path) -> str:
 
 @pytest.fixture(name="world")
 async def world_fixture(database_url: str) -> AsyncIterator[World]:
-    await migrate(database_url)
-    engine = make_engine(database_url)
+    await DATABASE.migrate(database_url)
+    engine = DATABASE.make_engine(database_url)
     history, model, events = FakeHistory(), FakeModel(), FakeEvents()
     service = MemoryService(
         Store(engine),

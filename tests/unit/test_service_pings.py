@@ -5,12 +5,11 @@ from pathlib import Path
 import pytest
 
 from contracts.base import Ping
-from services.history.db import make_engine as history_engine
-from services.history.db import migrate as migrate_history
 from services.history.errors import Unavailable as HistoryUnavailable
+from services.history.models import DATABASE as HISTORY_DATABASE
 from services.history.store import Store as HistoryStore
-from services.memory.db import make_engine as memory_engine
 from services.memory.errors import Unavailable as MemoryUnavailable
+from services.memory.models import DATABASE as MEMORY_DATABASE
 from services.memory.service import MemoryService
 from services.memory.store import Store as MemoryStore
 from tests.unit.test_history_service import META, RecordingPublisher, build_service
@@ -26,9 +25,9 @@ def unreachable(tmp_path: Path) -> str:
 
 async def test_history_pong_needs_its_database(tmp_path: Path) -> None:
     good = f"sqlite+aiosqlite:///{tmp_path}/history.db"
-    await migrate_history(good)
+    await HISTORY_DATABASE.migrate(good)
     for url, answers in ((good, True), (unreachable(tmp_path), False)):
-        engine = history_engine(url)
+        engine = HISTORY_DATABASE.make_engine(url)
         service = build_service(HistoryStore(engine), RecordingPublisher())
         try:
             if answers:
@@ -41,7 +40,7 @@ async def test_history_pong_needs_its_database(tmp_path: Path) -> None:
 
 
 async def test_memory_pong_needs_its_database(tmp_path: Path) -> None:
-    engine = memory_engine(unreachable(tmp_path))
+    engine = MEMORY_DATABASE.make_engine(unreachable(tmp_path))
     service = MemoryService(
         MemoryStore(engine), FakeHistory(), FakeModel(), FakeEvents(),
         instance="unit", max_per_session=10, heartbeat_interval=0.01,

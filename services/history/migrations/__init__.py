@@ -1,1 +1,1 @@
-"""Alembic migrations of the history service (run through ``services.history.db.migrate``)."""
+"""Alembic migrations of the history service (run by ``services.history.models.DATABASE``)."""

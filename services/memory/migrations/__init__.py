@@ -1,1 +1,1 @@
-"""Alembic migrations of the memory service (run through ``services.memory.db.migrate``)."""
+"""Alembic migrations of the memory service (run by ``services.memory.models.DATABASE``)."""

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.history.cursor import Position, decode_cursor, encode_cursor
-from services.history.errors import InvalidInput
+from services.runtime.cursor import MalformedCursor, Position, decode_cursor, encode_cursor
 
 
 def test_round_trip_keeps_time_and_id() -> None:
@@ -36,11 +35,11 @@ def _b64(raw: str) -> str:
     ],
 )
 def test_garbage_is_rejected(token: str) -> None:
-    with pytest.raises(InvalidInput):
+    with pytest.raises(MalformedCursor):
         decode_cursor("m", token)
 
 
 def test_cursor_of_another_kind_is_rejected() -> None:
     token = encode_cursor("s", Position(datetime.now(UTC), uuid.uuid4()))
-    with pytest.raises(InvalidInput):
+    with pytest.raises(MalformedCursor):
         decode_cursor("m", token)
