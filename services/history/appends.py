@@ -187,9 +187,11 @@ class _Write:
         else:
             admissions.replied(req)
             self.ended.append(req.job_id)
+        # A microsecond apart, in the order admitted: lists read back the admission order.
+        at = self.now + timedelta(microseconds=len(self.records))
         record = MessageRecord(
             id=uuid.uuid4(), session_id=req.session_id, user_id=req.user_id, role=req.role,
-            content=req.content, created_at=self.now, job_id=req.job_id,
+            content=req.content, created_at=at, job_id=req.job_id,
         )
         self.records.append(record)
         self.added[req.session_id] += 1
