@@ -11,9 +11,9 @@ import openai
 
 from services.agent.config import Settings
 from services.agent.errors import LLMError
+from services.runtime.openai_errors import describe as describe_openai_error
 
 # Statuses worth another attempt; any other 4xx will fail the same way again.
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
 POOL_SLACK = 16  # retries and connections still closing
 POOL_SHARD = 128
 
@@ -95,17 +95,9 @@ class OpenAIChat:
                         self.on_usage(chunk.get("usage"))  # the last chunk carries it
                     for piece in pieces:
                         yield piece
-        except openai.APIStatusError as exc:
-            retryable = exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUSES
-            raise LLMError(
-                f"model answered {exc.status_code}: {exc.message}", retryable=retryable
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise LLMError("model call timed out") from exc
-        except openai.APIConnectionError as exc:
-            raise LLMError(f"model unreachable: {exc}") from exc
         except openai.OpenAIError as exc:
-            raise LLMError(f"model call failed: {exc}") from exc
+            reason, retryable = describe_openai_error(exc)
+            raise LLMError(reason, retryable=retryable) from exc
 
     async def close(self) -> None:
         """Close the SDK's connections."""

@@ -7,7 +7,7 @@ from contracts.history import MAX_PAGE, ListMessages, MessagePage, MessageRecord
 from contracts.memory import MemoriesStored
 from services.memory.errors import EventNotStored, HistoryUnavailable
 from services.runtime.bus import BusClient
-from services.runtime.meta import BusError, RequestMeta
+from services.runtime.meta import BusError, Refused, RequestMeta
 
 # A session is read in pages; this bounds the pages of one (huge) session.
 MAX_PAGES = 1000
@@ -31,17 +31,15 @@ class BusHistory:
                 user_id=user_id, session_id=session_id, limit=MAX_PAGE, cursor=cursor
             )
             try:
-                page = await self.bus.request(
+                page = await self.bus.ask(
                     subjects.HISTORY_MESSAGE_LIST, request, MessagePage, meta, self.timeout
                 )
+            except Refused as exc:
+                if exc.error.code == "not_found":
+                    return None
+                raise HistoryUnavailable(f"history refused: {exc}") from exc
             except BusError as exc:
                 raise HistoryUnavailable(f"history did not list the messages: {exc}") from exc
-            if page.error is not None:
-                if page.error.code == "not_found":
-                    return None
-                raise HistoryUnavailable(
-                    f"history answered {page.error.code}: {page.error.message}"
-                )
             newest_first.extend(page.items)
             cursor = page.next_cursor
             if cursor is None:
