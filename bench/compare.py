@@ -23,6 +23,7 @@ Run: ``python bench/compare.py --jobs 500`` (about 6 minutes on two cores);
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     find_langgraph(args.langgraph)  # fail before chatbus's half runs, not after
     figures: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}}
+    # Everything runs on this machine: what else ran shows in the load average.
+    figures["load_average_before"] = os.getloadavg()
     rows: list[Row] = []
     if args.only in (None, "burst"):
         figures["burst"] = run_bursts(args)
@@ -165,8 +168,14 @@ def main() -> None:
     if args.only in (None, "isolation"):
         figures["isolation"] = run_isolations(args)
         rows += isolation_rows(figures["isolation"]["chatbus"], figures["isolation"]["peer"])
+    figures["load_average_after"] = os.getloadavg()
     print()
     print(render(rows))
+    print(
+        "\nload average (1, 5, 15 min) before: "
+        f"{', '.join(f'{x:.2f}' for x in figures['load_average_before'])}; after: "
+        f"{', '.join(f'{x:.2f}' for x in figures['load_average_after'])}"
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"\nwritten to {args.output}")
