@@ -101,6 +101,15 @@ async def follow(
     return final
 
 
+async def run_errors(http: httpx.AsyncClient, failed: list[dict[str, Any]]) -> list[str]:
+    """Return what the peer says went wrong in a few failed runs (the thread keeps the error)."""
+    found = []
+    for state in failed[:3]:
+        resp = await http.get(f"/threads/{state['thread_id']}")
+        found.append(str(resp.json().get("error"))[:300] if resp.status_code == 200 else "?")
+    return found
+
+
 async def run(peer: LangGraphPeer, args: argparse.Namespace) -> dict[str, Any]:
     """Drive the burst against a started peer and return the figures."""
     async with client(peer.url) as http:
@@ -116,6 +125,7 @@ async def run(peer: LangGraphPeer, args: argparse.Namespace) -> dict[str, Any]:
         rss_peak_mb = round(status_kb(pids["langgraph"], "VmHWM") / 1024, 1)
         accepted = [a for a in answers if "run" in a]
         replies = await assistant_replies(http, [a["thread"] for a in accepted])
+        errors = await run_errors(http, [s for s in final.values() if s["status"] == "error"])
     calls = await model_calls(peer.sim_url)
     per_run_calls = Counter(calls[f"burst {a['n']}"] for a in accepted)
     finished = {r: epoch(s["updated_at"]) for r, s in final.items() if s["status"] == "success"}
@@ -141,6 +151,7 @@ async def run(peer: LangGraphPeer, args: argparse.Namespace) -> dict[str, Any]:
         "post_failures": dict(failures),
         "post_failure_examples": sorted({a["error"][:160] for a in answers if "error" in a})[:5],
         "statuses": {k: v for k, v in statuses.items() if v},
+        "run_error_examples": errors,
         "assistant_messages_per_job": {str(k): v for k, v in sorted(replies.items())},
         "model_calls_per_job": {str(k): v for k, v in sorted(per_run_calls.items())},
         "doubled": sum(v for k, v in replies.items() if k > 1)
