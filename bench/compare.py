@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -162,12 +163,20 @@ def main() -> None:
     # Everything runs on this machine: what else ran shows in the load average.
     figures["load_average_before"] = os.getloadavg()
     rows: list[Row] = []
-    if args.only in (None, "burst"):
-        figures["burst"] = run_bursts(args)
-        rows += burst_rows(figures["burst"]["chatbus"], figures["burst"]["peer"])
-    if args.only in (None, "isolation"):
-        figures["isolation"] = run_isolations(args)
-        rows += isolation_rows(figures["isolation"]["chatbus"], figures["isolation"]["peer"])
+    halves = {
+        "burst": (run_bursts, burst_rows),
+        "isolation": (run_isolations, isolation_rows),
+    }
+    for name, (measure, pick) in halves.items():
+        if args.only not in (None, name):
+            continue
+        try:
+            figures[name] = measure(args)
+        except Exception as exc:  # one half failing still leaves the other half's table
+            figures[f"{name}_error"] = repr(exc)
+            traceback.print_exc()
+            continue
+        rows += pick(figures[name]["chatbus"], figures[name]["peer"])
     figures["load_average_after"] = os.getloadavg()
     print()
     print(render(rows))

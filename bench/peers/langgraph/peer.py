@@ -203,6 +203,18 @@ async def create_threads(http: httpx.AsyncClient, count: int, gate: int = 16) ->
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
+async def get_again(http: httpx.AsyncClient, url: str, tries: int = 3) -> httpx.Response:
+    """GET, again after a dropped connection (uvicorn closes idle keep-alives after 5 s)."""
+    for attempt in range(tries):
+        try:
+            return await http.get(url)
+        except httpx.TransportError:
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 async def run_states(
     http: httpx.AsyncClient, runs: list[tuple[str, str]], gate: int = 100
 ) -> dict[tuple[str, str], dict[str, Any] | None]:
@@ -212,7 +224,7 @@ async def run_states(
 
     async def one(thread: str, run: str) -> None:
         async with limiter:
-            resp = await http.get(f"/threads/{thread}/runs/{run}")
+            resp = await get_again(http, f"/threads/{thread}/runs/{run}")
         if resp.status_code == 404:
             found[(thread, run)] = None
         else:
@@ -233,7 +245,7 @@ async def assistant_replies(
     async def one(thread: str) -> None:
         async with limiter:
             try:
-                resp = await http.get(f"/threads/{thread}/state")
+                resp = await get_again(http, f"/threads/{thread}/state")
             except httpx.HTTPError:
                 counts[-1] += 1
                 return
