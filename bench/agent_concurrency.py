@@ -10,6 +10,7 @@ job is ``completed`` in the KV bucket, the agent's RSS before the load and at
 its peak (VmHWM, and /proc sampling), hence KB per in-flight call, and checks
 for duplicates: one assistant message and one model request per job.
 
+Install: ``pip install -e .``.
 Run: ``python bench/agent_concurrency.py [--jobs 2000] [--latency 10] [--concurrency 2500]``.
 Prints a summary and writes bench/results/agent_concurrency.json.
 """

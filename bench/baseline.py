@@ -11,7 +11,8 @@ runs it in its thread pool, the common pattern). Two ways to call the LLM:
   in flight holds one of the thread pool's workers (40 by default), the same
   pool the history reads need.
 
-Run: ``python bench/baseline.py --mode async --port 8101 --llm-url http://127.0.0.1:8090/v1``
+Started by bench/isolation.py; install: ``pip install -e .``.
+Run alone: ``python bench/baseline.py --mode async --port 8101 --llm-url http://127.0.0.1:8090/v1``
 """
 
 import argparse

@@ -6,6 +6,7 @@ reports appends per second and the process CPU per append (the SQLite driver's
 thread included). Appends that arrive together are group-committed, so the
 concurrent figure shows what batching buys.
 
+Install: ``pip install -e .``.
 Run: ``python bench/history_appends.py [--appends 1000] [--concurrency 1 50]``.
 """
 

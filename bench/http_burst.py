@@ -15,6 +15,7 @@ Reports: the last completion after the first submit (the target is 6 s for
 time (submit → finished_at), failures by kind, attempts, and duplicates (more
 than one assistant message for a job).
 
+Install: ``pip install -e .`` (what ``make .venv/bin/.installed`` does, with the test tools).
 Run: ``python bench/http_burst.py [--jobs 500] [--latency 5] [--users 100]``.
 Prints a summary and writes bench/results/http_burst.json.
 """
@@ -28,9 +29,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -40,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bench.procstats import cpu_seconds  # noqa: E402
 from tests.e2e.cluster import Cluster  # noqa: E402
 
+T = TypeVar("T")
 TERMINAL = {"completed", "failed", "cancelled"}
 RESULTS = ROOT / "bench" / "results" / "http_burst.json"
 
@@ -89,14 +93,29 @@ async def create_sessions(
     return list(await asyncio.gather(*(one(n) for n in range(jobs))))
 
 
+async def release_together(
+    calls: Sequence[Callable[[], Awaitable[T]]],
+) -> tuple[float, list[T]]:
+    """Park every call on one event, release them at once; return the release time, results."""
+    start = asyncio.Event()
+
+    async def parked(call: Callable[[], Awaitable[T]]) -> T:
+        await start.wait()
+        return await call()
+
+    tasks = [asyncio.create_task(parked(call)) for call in calls]
+    await asyncio.sleep(0.2)  # every task is parked on the event: one release fires them all
+    first = time.time()
+    start.set()
+    return first, list(await asyncio.gather(*tasks))
+
+
 async def submit(
     http: httpx.AsyncClient, sessions: list[tuple[str, dict[str, str]]]
 ) -> tuple[float, list[dict[str, Any]]]:
     """POST one message per session at once; return the first submit's wall time, the answers."""
-    start = asyncio.Event()
 
     async def one(n: int, session: str, auth: dict[str, str]) -> dict[str, Any]:
-        await start.wait()
         sent = time.time()
         began = time.perf_counter()
         try:
@@ -117,11 +136,7 @@ async def submit(
             answer["error"] = f"{resp.status_code} {resp.text[:200]}"
         return answer
 
-    tasks = [asyncio.create_task(one(n, s, a)) for n, (s, a) in enumerate(sessions)]
-    await asyncio.sleep(0.2)  # every task is parked on the event: one release fires them all
-    first = time.time()
-    start.set()
-    return first, list(await asyncio.gather(*tasks))
+    return await release_together([partial(one, n, s, a) for n, (s, a) in enumerate(sessions)])
 
 
 async def follow(
@@ -229,8 +244,8 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def main() -> None:
-    """Start the stack, run the burst, print and store the figures."""
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the options (compare.py builds its runs from the same defaults)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--latency", type=float, default=5.0, help="model latency (s)")
@@ -248,7 +263,11 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the stack's logs (path printed)")
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the stack, run the burst, stop the stack; return the figures."""
     tmp = Path(tempfile.mkdtemp(prefix="http-burst-"))
     stores = {"DATABASE_URL": args.database_url, "REDIS_URL": args.redis_url}
     try:
@@ -265,7 +284,7 @@ def main() -> None:
         )
         try:
             cluster.start(agents=1, gateways=1, histories=args.histories)
-            figures = asyncio.run(run(cluster, args))
+            return asyncio.run(run(cluster, args))
         except BaseException:
             print(cluster.report(40), file=sys.stderr)
             raise
@@ -276,20 +295,30 @@ def main() -> None:
             print(f"logs kept in {tmp / 'logs'}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary(figures: dict[str, Any]) -> str:
+    """Say the burst's outcome in one paragraph."""
+    verdict = "MET" if figures["met_target"] else "MISSED"
+    post, done = figures["post_latency_s"], figures["completion_s"]
+    return (
+        f"{figures['jobs']} jobs of {figures['latency_s']:g} s over HTTP: last completion "
+        f"{figures['last_completion_after_first_submit_s']} s after the first submit "
+        f"(target {figures['target_s']:g} s: {verdict}); POST p50/p95/p99 "
+        f"{post['p50']}/{post['p95']}/{post['p99']} s; completion p50/p95/p99 "
+        f"{done['p50']}/{done['p95']}/{done['p99']} s; statuses {figures['statuses']}; "
+        f"POST failures {figures['post_failures'] or 'none'}"
+    )
+
+
+def main() -> None:
+    """Start the stack, run the burst, print and store the figures."""
+    args = build_parser().parse_args()
+    figures = measure(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
-    verdict = "MET" if figures["met_target"] else "MISSED"
-    print(
-        f"\n{args.jobs} jobs of {args.latency:g} s over HTTP: last completion "
-        f"{figures['last_completion_after_first_submit_s']} s after the first submit "
-        f"(target {args.target:g} s: {verdict}); POST p50/p95/p99 "
-        f"{figures['post_latency_s']['p50']}/{figures['post_latency_s']['p95']}/"
-        f"{figures['post_latency_s']['p99']} s; completion p50/p95/p99 "
-        f"{figures['completion_s']['p50']}/{figures['completion_s']['p95']}/"
-        f"{figures['completion_s']['p99']} s; statuses {figures['statuses']}; "
-        f"POST failures {figures['post_failures'] or 'none'}; written to {args.output}"
-    )
+    print(f"\n{summary(figures)}; written to {args.output}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ read latency and failed reads. Systems:
 - ``baseline-async`` / ``baseline-threads``: bench/baseline.py, one FastAPI
   process calling the same simulated model inside the request.
 
+Install: ``pip install -e '.[bench]'`` (matplotlib, for the chart; with ``pip install -e .``
+alone the table is printed and the chart skipped).
 Run: ``python bench/isolation.py`` (defaults: loads 0,100,500; latency 20 s;
-rate 40/s; 10 s per load). Writes bench/results/isolation.json and .png.
+rate 40/s; 10 s per load). Prints the table, then writes bench/results/isolation.json
+and .png.
 """
 
 import argparse
@@ -269,9 +272,13 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes], limit: float) -> N
     raise RuntimeError("the stack was not ready in time")
 
 
-def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """Draw p50 and p99 read latency against load for every system."""
-    import matplotlib
+def chart(results: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Draw p50 and p99 read latency against load for every system; False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("chart skipped: matplotlib is not installed (pip install -e '.[bench]')")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -290,6 +297,8 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -314,8 +323,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def main() -> None:
-    """Run every system at every load and write the results."""
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the options (compare.py builds its runs from the same defaults)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -327,8 +336,11 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--systems", default="chatbus,baseline-async,baseline-threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    return parser
+
+
+async def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Run every system at every load; return the figures by system and load."""
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="chatbus-bench-") as tmp:
         work = Path(tmp)
@@ -337,19 +349,33 @@ async def main() -> None:
                 results[system] = await bench_chatbus(args, work)
             else:
                 results[system] = await bench_baseline(system.split("-", 1)[1], args, work)
-    meta = {
+    return results
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the settings a result was measured with."""
+    return {
         "latency_s": args.latency,
         "rate_per_s": args.rate,
         "duration_s": args.duration,
         "cpus": os.cpu_count(),
     }
-    (args.out / "isolation.json").write_text(
-        json.dumps({"settings": meta, "results": results}, indent=2)
-    )
-    chart(results, args.out / "isolation.png")
+
+
+def main() -> None:
+    """Run every system at every load; print the table, then write the figures and chart."""
+    args = build_parser().parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = asyncio.run(measure(args))
     print(table(results))
-    print(f"\nwritten: {args.out / 'isolation.json'}, {args.out / 'isolation.png'}")
+    (args.out / "isolation.json").write_text(
+        json.dumps({"settings": settings(args), "results": results}, indent=2)
+    )
+    written = [args.out / "isolation.json"]
+    if chart(results, args.out / "isolation.png"):
+        written.append(args.out / "isolation.png")
+    print(f"\nwritten: {', '.join(str(p) for p in written)}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

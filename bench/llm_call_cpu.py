@@ -8,6 +8,7 @@ reading every chunk, and reports the process CPU time per call:
 - ``agent``: ``services.agent.llm.OpenAIChat.stream`` (the SDK's client on its raw
   ``post``, chunks as JSON).
 
+Install: ``pip install -e .``.
 Run: ``python bench/llm_call_cpu.py [--calls 300] [--rounds 2]``.
 """
 
