@@ -3,10 +3,11 @@
 Starts a private nats-server, the simulated model (every call waits ``--latency``
 seconds, short replies), ``python -m services.history`` on a temporary SQLite file
 and ONE ``python -m services.agent`` with ``AGENT_CONCURRENCY=--concurrency``.
-Creates ``--jobs`` sessions over history's request-reply, stores each user
-message, queued job state and lanes as the gateway does, then publishes every
-``RequestChat`` at once. Measures the time from the first publish until every
-job is ``completed`` in the KV bucket, the agent's RSS before the load and at
+With the agent's durable consumer paused, creates ``--jobs`` sessions over
+history's request-reply and posts each message as the gateway does (the job
+record, then history's admission, which queues the ``RequestChat``), then resumes
+the consumer so every job reaches the agent at once. Measures the time from the
+resume until every job is ``completed`` in the KV bucket, the agent's RSS before the load and at
 its peak (VmHWM, and /proc sampling), hence KB per in-flight call, and checks
 for duplicates: one assistant message and one model request per job.
 
@@ -42,6 +43,7 @@ from contracts import subjects  # noqa: E402
 from contracts.base import Ping, Pong, utcnow  # noqa: E402
 from contracts.chat import JobState, RequestChat  # noqa: E402
 from contracts.history import (  # noqa: E402
+    Admission,
     AppendMessage,
     CreateSession,
     ListMessages,
@@ -56,6 +58,7 @@ from services.runtime.meta import RequestMeta  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "agent_concurrency.json"
 SETUP_PARALLEL = 100
+FINALS = (".completed", ".failed", ".cancelled")
 
 
 def spawn(
@@ -86,10 +89,8 @@ async def wait_for_pong(bus: BusClient, subject: str, proc: subprocess.Popen[byt
     raise RuntimeError(f"nobody answered {subject}")
 
 
-async def prepare_jobs(
-    bus: BusClient, kv: KeyValue, lanes: Lanes, count: int
-) -> list[RequestChat]:
-    """Create sessions, user messages, queued job states and lanes, as the gateway does."""
+async def prepare_jobs(bus: BusClient, kv: KeyValue, count: int) -> list[RequestChat]:
+    """Create sessions, job records and admitted user messages, as the gateway does."""
     limiter = asyncio.Semaphore(SETUP_PARALLEL)
     timeout = 30.0
 
@@ -105,27 +106,26 @@ async def prepare_jobs(
             assert created.session is not None, created.error
             job_id = uuid.uuid4()
             content = f"bench job {i}"
+            state = JobState(
+                id=job_id, user_id=user, session_id=created.session.id, status="queued",
+                created_at=utcnow(),
+            )
+            revision = await kv.create(str(job_id), state.model_dump_json().encode())
+            admission = Admission(revision=revision, created_at=state.created_at)
             stored = await bus.request(
                 subjects.HISTORY_MESSAGE_APPEND,
                 AppendMessage(
                     user_id=user, session_id=created.session.id, job_id=job_id,
-                    role="user", content=content,
+                    role="user", content=content, admission=admission,
                 ),
                 MessageReply, meta, timeout=timeout,
             )
             assert stored.message is not None, stored.error
-            request = RequestChat(
+            return RequestChat(
                 job_id=job_id, user_id=user, session_id=created.session.id, persona="default",
-                message_id=stored.message.id, content=content, created_at=utcnow(),
+                message_id=stored.message.id, content=content, created_at=state.created_at,
+                revision=revision,
             )
-            state = JobState(
-                id=job_id, user_id=user, session_id=created.session.id, status="queued",
-                created_at=request.created_at,
-            )
-            await kv.create(str(job_id), state.model_dump_json().encode())
-            await lanes.append(subjects.user_lane(user), job_id, limit=8)
-            await lanes.append(subjects.session_lane(created.session.id), job_id)
-            return request
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
@@ -148,16 +148,19 @@ async def wait_all_completed(
 ) -> tuple[float | None, Counter[str]]:
     """Wait until every job ended; return when that was seen, and the final statuses.
 
-    The agent publishes ``chat.completed`` / ``chat.failed`` right after the final
-    state, so counting those events is a cheap poll (reading every job's state
+    The agent stores each job's final event (``chat.job.<id>.completed`` ...) right
+    after its final state, so counting those subjects is a cheap poll (reading every job's state
     every few hundred milliseconds would load the machine under test); the job
     states are read once the count is reached.
     """
     deadline = time.monotonic() + limit
     statuses: Counter[str] = Counter()
     while time.monotonic() < deadline:
-        info = await js.stream_info(subjects.CHAT_EVENTS_STREAM.name)
-        if info.state.messages >= len(jobs):
+        info = await js.stream_info(
+            subjects.JOB_EVENTS_STREAM.name, subjects_filter=subjects.job_event("*", "*")
+        )
+        ends = sum(1 for name in (info.state.subjects or {}) if name.endswith(FINALS))
+        if ends >= len(jobs):
             seen = time.monotonic()
             entries = await asyncio.gather(*(kv.get(str(job.job_id)) for job in jobs))
             states = [JobState.model_validate_json(e.value or b"{}") for e in entries]
@@ -247,12 +250,15 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         await wait_for_pong(bus, subjects.HISTORY_PING, history)
         await wait_for_pong(bus, subjects.AGENT_PING, agent)
         kv = await jobs_bucket(broker)
-        lanes = Lanes(await lanes_bucket(broker))
         nc = await nats.connect(server.url)
         js = nc.jetstream()
+        stream = subjects.CHAT_JOBS_STREAM.name
+        await js.pause_consumer(stream, subjects.AGENT_DURABLE, "2100-01-01T00:00:00Z")
 
         print(f"preparing {args.jobs} sessions and queued jobs ...", flush=True)
-        jobs = await prepare_jobs(bus, kv, lanes, args.jobs)
+        jobs = await prepare_jobs(bus, kv, args.jobs)
+        while (await js.stream_info(stream)).state.messages < args.jobs:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # history's outbox queues each admitted job
         await asyncio.sleep(1)  # let the agent settle after start-up
         rss_before = status_kb(agent.pid, "VmRSS")
         assert server.proc is not None
@@ -264,17 +270,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(sample_rss(agent.pid, stop_sampling, peak))
 
-        print(f"publishing {args.jobs} chat requests at once ...", flush=True)
+        print(f"handing {args.jobs} queued chat jobs to the agent at once ...", flush=True)
         started = time.monotonic()
-        await asyncio.gather(*(
-            js.publish(
-                subjects.CHAT_REQUESTED, job.model_dump_json().encode(),
-                stream=subjects.CHAT_JOBS_STREAM.name,
-                headers={**RequestMeta(user_id=job.user_id).headers(),
-                         "Nats-Msg-Id": str(job.job_id)},
-            )
-            for job in jobs
-        ))
+        await js.resume_consumer(stream, subjects.AGENT_DURABLE)
         published = time.monotonic() - started
         ended, statuses = await wait_all_completed(js, kv, jobs, args.latency * 10 + 120)
         stop_sampling.set()
