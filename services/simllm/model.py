@@ -16,7 +16,18 @@ Directives in the last user message inject failures (they stay in the echo):
 
 Structured output (:mod:`services.simllm.memories`): a request whose
 ``response_format`` is ``json_schema`` named ``memory_extraction`` is answered
-(whole or streamed) with the JSON of ``memory_extraction_for(messages)``.
+(whole or streamed) with the JSON of ``memory_extraction_for(messages)``; so is
+one with ``json_object`` or no ``response_format`` whose system message names
+``memory_extraction`` (without a format, the JSON comes in a Markdown fence).
+
+Servers that are not OpenAI (:mod:`services.simllm.refusals`): the setting
+``LLM_SIM_REFUSE`` (a comma list of ``json_schema``, ``json_object``,
+``stream_options``, ``tools``; empty by default) makes the simulation refuse
+each listed option as such a server does: a request using it is answered 400
+``invalid_request_error`` with that server's message (``'response_format' of
+type 'json_schema' is not supported with this model``; the same for
+``json_object``; ``Unrecognized request argument supplied: stream_options``;
+``<model> does not support tools``), before any directive is read.
 
 Tools (:mod:`services.simllm.tools`), when the request offers ``tools``; "the
 text" is the last user message, matched case-insensitively:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.simllm import model
-from services.simllm.memories import memory_extraction_for, wants_memory_extraction
+from services.simllm.memories import memory_answer, wants_memory_extraction
 
 LOOP_DIRECTIVE = "[sim:loop-tools]"
 UNKNOWN_DIRECTIVE = "[sim:unknown-tool]"
@@ -104,7 +104,7 @@ def answer_for(body: Mapping[str, Any]) -> Answer:
     """Return what the simulated model answers to one chat completion request body."""
     messages: list[dict[str, Any]] = [m for m in body.get("messages") or () if isinstance(m, dict)]
     if wants_memory_extraction(body):
-        return Answer(json.dumps(memory_extraction_for(messages)))
+        return Answer(memory_answer(body, messages))
     calls = tool_calls_for(messages, offered_tools(body))
     if calls:
         return Answer("", calls)
