@@ -21,8 +21,9 @@ class Settings(ServiceSettings):
     llm_model: str = "gpt-4o-mini"
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0)
-    # Ask for token usage in the last streamed chunk (`stream_options.include_usage`); turn
-    # off for a compatible server that refuses the option.
+    # Ask for token usage in the last streamed chunk (`stream_options.include_usage`). A
+    # server that refuses the option is recognised and no longer asked (llm.py); false
+    # never asks at all.
     llm_stream_usage: bool = True
     agent_concurrency: int = Field(default=200, ge=1, description="jobs in flight per replica")
     agent_ack_wait: float = Field(default=30.0, gt=0)
