@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.job_stack import JobStack, job_stack
+from tests.integration.job_stack import job_stack
 
 pytestmark = pytest.mark.integration
 POST_BUDGET = 5  # bus round trips of a POST before its 202
