@@ -49,6 +49,7 @@ from contracts.memory import (
 )
 from contracts.sessions import SessionArchived, SessionDeleted
 from contracts.subjects import StreamSpec
+from contracts.tools import ListTools, ToolList
 
 Service = Literal["gateway", "agent", "history", "memory"]
 KV_PREFIX = "$KV"  # a bucket's entries are messages on `$KV.<bucket>.<key>`
@@ -153,6 +154,9 @@ CHANNELS: tuple[Channel, ...] = (
             ("gateway",), "memory", MEMORY),
     request(subjects.AGENT_PING, Ping, Pong, "Readiness probe of the agent.",
             ("gateway",), "agent", AGENT),
+    request(subjects.AGENT_TOOLS_LIST, ListTools, ToolList,
+            "List the tools the model can call now: built-in ones and those of every MCP "
+            "server the replica reaches.", ("gateway",), "agent", AGENT),
     # JetStream: stored, delivered at least once, acknowledged explicitly.
     Channel(subjects.CHAT_REQUESTED, RequestChat,
             "A chat job: answer the user's message. Published by history's outbox in the "

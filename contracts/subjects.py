@@ -30,6 +30,7 @@ MEMORY_PING = "memory.ping"
 MEMORY_RECALL = "memory.recall"
 MEMORY_DELETE = "memory.delete"
 AGENT_PING = "agent.ping"
+AGENT_TOOLS_LIST = "agent.tools.list"
 
 # Queue groups and durable consumer names.
 HISTORY_QUEUE = "history"
