@@ -32,6 +32,7 @@ from contracts.history import (
     SessionStatus,
 )
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
+from contracts.tools import ListTools, ToolList
 from services.gateway.bus import GatewayBus
 from services.gateway.errors import (
     Conflict,
@@ -159,6 +160,12 @@ class GatewayService:
         """Delete one of the caller's memories."""
         body = DeleteMemory(user_id=caller.user_id, memory_id=memory_id)
         await self._ask(caller, subjects.MEMORY_DELETE, body, MemoryDeleted)
+
+    async def list_tools(self, caller: Caller) -> ToolList:
+        """Return the tools the model can call now, as an agent replica sees them."""
+        return await self._ask(
+            caller, subjects.AGENT_TOOLS_LIST, ListTools(user_id=caller.user_id), ToolList
+        )
 
     async def list_messages(
         self, caller: Caller, session_id: UUID, limit: int, cursor: str | None
