@@ -39,12 +39,15 @@ text" is the last user message, matched case-insensitively:
    ``"Echo: <text> (turn N) [<tool name>: <result>]"`` (one bracket per result);
 3. ``[sim:unknown-tool]`` calls ``no_such_tool`` with ``{}``;
 4. ``[sim:bad-tool-args]`` calls the first offered tool with ``{"query": 42}``;
+4a. ``[sim:call=NAME]`` calls the offered tool NAME with ``{}``, and
+   ``[sim:call=NAME {...}]`` with that JSON object as its arguments (sent as
+   written), e.g. ``[sim:call=echo__whoami {"note": "hi"}]`` (an MCP tool);
 5. ``search history for X`` calls ``search_history`` with ``{"query": "X"}`` (X:
    the rest of the text, trailing spaces and ``.,;:!?"'`` stripped);
 6. ``recall`` or ``remember`` anywhere calls ``recall_memories`` with
    ``{"query": <the word after the first "about">}``, or ``""`` without one;
 
-rules 5 and 6 apply only when that tool is offered. A call is answered with
+rules 4a, 5 and 6 apply only when that tool is offered. A call is answered with
 ``finish_reason: "tool_calls"``; streamed, as OpenAI does: per call ``index`` a
 first fragment with id, type and name, then the arguments in pieces.
 """
