@@ -32,6 +32,8 @@ from services.runtime.bus import BusClient
 from services.runtime.meta import RequestMeta
 from services.webhooks.app import create_app
 from services.webhooks.config import Settings
+from services.webhooks.db import DATABASE
+from tests.databases import BACKENDS, ServiceDatabase
 from tests.streams import eventually as polled
 from tests.webhook_receiver import Receiver, receiving
 
@@ -116,14 +118,22 @@ class Hooks:
 StartHooks = Callable[..., Awaitable[Hooks]]
 
 
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def start_hooks(clean_nats: str, tmp_path: Path) -> AsyncIterator[StartHooks]:
+async def start_hooks(
+    clean_nats: str, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[StartHooks]:
+    database_url = await ServiceDatabase(DATABASE).fresh_url(backend, tmp_path, request)
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> Hooks:
             receiver = await stack.enter_async_context(receiving())
             values: dict[str, Any] = {
-                "nats_url": clean_nats, "database_url": f"sqlite+aiosqlite:///{tmp_path}/w.db",
+                "nats_url": clean_nats, "database_url": database_url,
                 "instance": "it-webhooks", "webhook_allow_private": True,
                 "webhook_retry_initial": 0.4, "webhook_retry_max": 2.0, "webhook_timeout": 2.0,
                 "webhook_fetch_timeout": 0.2,
@@ -138,6 +148,7 @@ async def start_hooks(clean_nats: str, tmp_path: Path) -> AsyncIterator[StartHoo
         yield start
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 async def test_each_event_is_accepted_once_signed_after_a_visible_backoff(
     start_hooks: StartHooks,
 ) -> None:
@@ -221,6 +232,7 @@ async def test_memories_stored_are_sent_as_memory_created(start_hooks: StartHook
     assert body["data"]["memory_ids"] == [str(event.memory_ids[0])]
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 async def test_deliveries_survive_a_restart_mid_retry(start_hooks: StartHooks) -> None:
     hooks = await start_hooks(webhook_retry_initial=1.5)
     flaky = await hooks.register("/flaky")

@@ -17,10 +17,10 @@ from services.gateway.app import create_app as create_gateway
 from services.gateway.auth import mint_token
 from services.gateway.config import Settings as GatewaySettings
 from tests.integration.test_agent_stack import StartAgent, start_agent
-from tests.integration.test_webhooks import StartHooks, eventually, start_hooks
+from tests.integration.test_webhooks import StartHooks, backend, eventually, start_hooks
 
 pytestmark = pytest.mark.integration
-__all__ = ["start_agent", "start_hooks"]  # the fixtures, imported for pytest
+__all__ = ["backend", "start_agent", "start_hooks"]  # the fixtures, imported for pytest
 SECRET = "webhooks-test-secret"
 
 
