@@ -1,5 +1,5 @@
 # One image for every chatbus service: CHATBUS_SERVICE (gateway, agent, history, memory,
-# simllm) picks the one the default command runs and the health check probes.
+# webhooks, simllm) picks the one the default command runs and the health check probes.
 #   BASE_IMAGE  any Debian-like image with Python >= 3.11 and its venv module; the default
 #               comes from a registry, docker/build-images.sh passes a local Debian base
 #   OFFLINE=1   install only from docker/wheelhouse (the dependencies and the build

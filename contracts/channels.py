@@ -49,8 +49,22 @@ from contracts.memory import (
 )
 from contracts.sessions import SessionArchived, SessionDeleted
 from contracts.subjects import StreamSpec
+from contracts.tools import ListTools, ToolList
+from contracts.webhooks import (
+    CreateEndpoint,
+    DeleteEndpoint,
+    DeliverWebhook,
+    DeliveryPage,
+    DeliveryReply,
+    EndpointCreated,
+    EndpointDeleted,
+    EndpointPage,
+    ListDeliveries,
+    ListEndpoints,
+    ResendDelivery,
+)
 
-Service = Literal["gateway", "agent", "history", "memory"]
+Service = Literal["gateway", "agent", "history", "memory", "webhooks"]
 KV_PREFIX = "$KV"  # a bucket's entries are messages on `$KV.<bucket>.<key>`
 
 
@@ -99,14 +113,21 @@ def entry(
 
 
 HISTORY, MEMORY, AGENT = subjects.HISTORY_QUEUE, subjects.MEMORY_QUEUE, subjects.AGENT_QUEUE
+WEBHOOKS = subjects.WEBHOOKS_QUEUE
 JOB_ID = {"job_id": "the job's id (the chat request's `job_id`)"}
 
 
 def job_event(kind: str, message: type[BaseModel], summary: str) -> Channel:
-    """Describe one kind of event of a job: stored in JOB_EVENTS, replayed by the gateways."""
+    """Describe one kind of event of a job: stored in JOB_EVENTS, replayed by the gateways.
+
+    The final ones are also consumed by the webhooks service, through one durable consumer.
+    """
+    final = kind in subjects.JOB_FINAL_KINDS
     return Channel(
-        subjects.job_event("{job_id}", kind), message, summary, ("agent",), ("gateway",),
+        subjects.job_event("{job_id}", kind), message, summary, ("agent",),
+        ("gateway", "webhooks") if final else ("gateway",),
         stream=subjects.JOB_EVENTS_STREAM, parameters=JOB_ID,
+        durable=subjects.WEBHOOKS_JOBS_DURABLE if final else None,
     )
 
 
@@ -153,6 +174,25 @@ CHANNELS: tuple[Channel, ...] = (
             ("gateway",), "memory", MEMORY),
     request(subjects.AGENT_PING, Ping, Pong, "Readiness probe of the agent.",
             ("gateway",), "agent", AGENT),
+    request(subjects.AGENT_TOOLS_LIST, ListTools, ToolList,
+            "List the tools the model can call now: built-in ones and those of every MCP "
+            "server the replica reaches.", ("gateway",), "agent", AGENT),
+    request(subjects.WEBHOOKS_ENDPOINT_CREATE, CreateEndpoint, EndpointCreated,
+            "Register a webhook endpoint of a user (its secret is in the reply only).",
+            ("gateway",), "webhooks", WEBHOOKS),
+    request(subjects.WEBHOOKS_ENDPOINT_LIST, ListEndpoints, EndpointPage,
+            "List a user's webhook endpoints, newest first.", ("gateway",), "webhooks", WEBHOOKS),
+    request(subjects.WEBHOOKS_ENDPOINT_DELETE, DeleteEndpoint, EndpointDeleted,
+            "Delete a user's webhook endpoint.", ("gateway",), "webhooks", WEBHOOKS),
+    request(subjects.WEBHOOKS_DELIVERY_LIST, ListDeliveries, DeliveryPage,
+            "List an endpoint's deliveries with their attempts, newest first.",
+            ("gateway",), "webhooks", WEBHOOKS),
+    request(subjects.WEBHOOKS_DELIVERY_RESEND, ResendDelivery, DeliveryReply,
+            "Send a delivery's event to its endpoint again, as a new delivery.",
+            ("gateway",), "webhooks", WEBHOOKS),
+    request(subjects.WEBHOOKS_PING, Ping, Pong,
+            "Health probe of the webhooks service (answers when its database does).",
+            ("gateway",), "webhooks", WEBHOOKS),
     # JetStream: stored, delivered at least once, acknowledged explicitly.
     Channel(subjects.CHAT_REQUESTED, RequestChat,
             "A chat job: answer the user's message. Published by history's outbox in the "
@@ -181,12 +221,20 @@ CHANNELS: tuple[Channel, ...] = (
             ("history",), ("memory",), stream=subjects.SESSION_EVENTS_STREAM,
             durable=subjects.MEMORY_DELETED_DURABLE),
     Channel(subjects.MEMORY_STORED, MemoriesStored,
-            "Memories of an archived session are stored. For consumers outside chatbus.",
-            ("memory",), stream=subjects.MEMORY_EVENTS_STREAM),
+            "Memories of an archived session are stored: the webhooks service tells the "
+            "user's endpoints (memory.created); open to consumers outside chatbus.",
+            ("memory",), ("webhooks",), stream=subjects.MEMORY_EVENTS_STREAM,
+            durable=subjects.WEBHOOKS_MEMORY_DURABLE),
+    Channel(subjects.WEBHOOK_DELIVER, DeliverWebhook,
+            "One webhook delivery to try, published by the webhooks service when an event "
+            "fans out to an endpoint (or a user asks for a resend); a failed try is nak'ed "
+            "with the backoff as its delay, for up to WEBHOOK_RETRY_HOURS.",
+            ("webhooks",), ("webhooks",), stream=subjects.WEBHOOK_DELIVERIES_STREAM,
+            durable=subjects.WEBHOOKS_DELIVER_DURABLE),
     Channel(subjects.deadletter("{service}"), DeadLetter,
             "A message a service gave up on, kept for an operator.",
-            ("history", "memory", "agent"), stream=subjects.DEADLETTER_STREAM,
-            parameters={"service": "the service that gave up: history, memory or agent"}),
+            ("history", "memory", "agent", "webhooks"), stream=subjects.DEADLETTER_STREAM,
+            parameters={"service": "the service that gave up: history, memory, agent or webhooks"}),
     # JetStream key-value buckets.
     entry(subjects.JOBS_BUCKET, "job_id", JobState,
           "A job's state under its id: created by the gateway, moved on only by the agent "

@@ -12,6 +12,8 @@ JOB_EVENT_KINDS = (
 SESSION_ARCHIVED = "session.archived"
 SESSION_DELETED = "session.deleted"
 MEMORY_STORED = "memory.stored"
+# One message per webhook delivery to try (WEBHOOK_DELIVERIES stream).
+WEBHOOK_DELIVER = "webhooks.deliver"
 DEADLETTER_PREFIX = "deadletter"
 
 # Core NATS request-reply, served by queue groups.
@@ -30,6 +32,13 @@ MEMORY_PING = "memory.ping"
 MEMORY_RECALL = "memory.recall"
 MEMORY_DELETE = "memory.delete"
 AGENT_PING = "agent.ping"
+AGENT_TOOLS_LIST = "agent.tools.list"
+WEBHOOKS_ENDPOINT_CREATE = "webhooks.endpoint.create"
+WEBHOOKS_ENDPOINT_LIST = "webhooks.endpoint.list"
+WEBHOOKS_ENDPOINT_DELETE = "webhooks.endpoint.delete"
+WEBHOOKS_DELIVERY_LIST = "webhooks.delivery.list"
+WEBHOOKS_DELIVERY_RESEND = "webhooks.delivery.resend"
+WEBHOOKS_PING = "webhooks.ping"
 
 # Queue groups and durable consumer names.
 HISTORY_QUEUE = "history"
@@ -38,6 +47,12 @@ AGENT_QUEUE = "agent"
 AGENT_DURABLE = "agent-chat"
 MEMORY_ARCHIVED_DURABLE = "memory-session-archived"
 MEMORY_DELETED_DURABLE = "memory-session-deleted"
+WEBHOOKS_QUEUE = "webhooks"
+WEBHOOKS_JOBS_DURABLE = "webhooks-job-events"
+WEBHOOKS_MEMORY_DURABLE = "webhooks-memory-events"
+WEBHOOKS_DELIVER_DURABLE = "webhooks-deliver"
+# The final events of jobs, the only job events webhooks are about.
+JOB_FINAL_KINDS = ("completed", "failed", "cancelled")
 
 # JetStream key-value bucket holding every job's state (created by the gateway,
 # moved on only by the agent).
@@ -87,6 +102,10 @@ SESSION_EVENTS_STREAM = StreamSpec(
     "SESSION_EVENTS", (SESSION_ARCHIVED, SESSION_DELETED), max_age_seconds=30 * 86400
 )
 MEMORY_EVENTS_STREAM = StreamSpec("MEMORY_EVENTS", (MEMORY_STORED,), max_age_seconds=30 * 86400)
+# A delivery's message is redelivered (nak with delay) for up to WEBHOOK_RETRY_HOURS.
+WEBHOOK_DELIVERIES_STREAM = StreamSpec(
+    "WEBHOOK_DELIVERIES", (WEBHOOK_DELIVER,), max_age_seconds=3 * 86400
+)
 DEADLETTER_STREAM = StreamSpec(
     "DEADLETTER", (f"{DEADLETTER_PREFIX}.>",), max_age_seconds=30 * 86400
 )
@@ -95,5 +114,6 @@ ALL_STREAMS = (
     JOB_EVENTS_STREAM,
     SESSION_EVENTS_STREAM,
     MEMORY_EVENTS_STREAM,
+    WEBHOOK_DELIVERIES_STREAM,
     DEADLETTER_STREAM,
 )

@@ -2,8 +2,8 @@
 
 The service is ``$CHATBUS_SERVICE`` (the one the image's command runs, or the first
 argument): the gateway must be ready (``/readyz``: NATS and every service it needs
-answer), the simulated model must serve ``/v1/models``, and history, memory and the
-agent must answer a ping over NATS. A ping goes to the service's queue group, so any
+answer), the simulated model must serve ``/v1/models``, and history, memory, the
+agent and webhooks must answer a ping over NATS. A ping goes to the service's queue group, so any
 replica of it may answer: the check says the service answers on the bus, and that the
 bus is reachable from this container.
 """
@@ -25,6 +25,7 @@ PINGS = {
     "history": subjects.HISTORY_PING,
     "memory": subjects.MEMORY_PING,
     "agent": subjects.AGENT_PING,
+    "webhooks": subjects.WEBHOOKS_PING,
 }
 PAGES = {
     "gateway": ("GATEWAY_PORT", "8000", "/readyz"),

@@ -14,11 +14,13 @@ from services.agent.consumer import JobConsumer
 from services.agent.generate import Generator
 from services.agent.jobs import KvJobStore
 from services.agent.llm import OpenAIChat
+from services.agent.mcp import McpServer
 from services.agent.metrics import AgentMetrics
 from services.agent.ports import Lookups
 from services.agent.recall import BusMemory, BusSearch
 from services.agent.service import JobRunner
 from services.agent.subscribers import ensure_consumer, register
+from services.agent.toolbox import Toolbox
 from services.agent.tools import DEFAULT_TOOLS
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
@@ -46,7 +48,9 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     history = BusHistory(bus, timeout)
     events = JobEventPublisher(broker, timeout)
     lookups = Lookups(memories=BusMemory(bus, timeout), search=BusSearch(bus, timeout))
-    generator = Generator(settings, history, metrics.model(llm), events, lookups, DEFAULT_TOOLS)
+    mcp_servers = [McpServer(config, settings) for config in settings.agent_mcp_servers]
+    toolbox = Toolbox(DEFAULT_TOOLS, mcp_servers, settings.agent_mcp_result_chars)
+    generator = Generator(settings, history, metrics.model(llm), events, lookups, toolbox)
 
     def stop_job(job_id: UUID) -> None:
         runner.cancel(job_id)
@@ -56,7 +60,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
         settings, jobs=metrics.job_store(store), history=history, generator=generator,
         events=events, cancels=cancels,
     )
-    register(broker, settings)
+    register(broker, settings, toolbox, lambda: llm.sends("tools"))
     dead_letters = DeadLetterPublisher(bus, "agent")
     consumer = JobConsumer(broker, runner, settings, dead_letters, observe=metrics.delivery)
 
@@ -70,6 +74,8 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     async def begin() -> None:
         await broker.connection.flush()
         observability.start()
+        for server in mcp_servers:  # in the background: an absent server delays nothing
+            server.start()
         await consumer.start()
         log.info(
             "agent started",
@@ -77,6 +83,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
             base_url=settings.openai_base_url or "https://api.openai.com/v1",
             concurrency=settings.agent_concurrency,
             max_attempts=settings.agent_max_attempts,
+            mcp_servers=[server.name for server in mcp_servers],
         )
 
     async def drain() -> None:
@@ -85,6 +92,8 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
         log.info("agent stopped taking jobs; none left running")
 
     async def close() -> None:
+        for server in mcp_servers:
+            await server.stop()
         await llm.close()
         await observability.stop()
 

@@ -2,7 +2,7 @@
 
 from typing import Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from services.runtime.config import ServiceSettings
 
@@ -13,6 +13,28 @@ DEFAULT_SYSTEM_PROMPT = (
 PLACEHOLDER_API_KEY = "not-needed"  # the SDK insists on a key even for keyless local servers
 
 
+class McpServerSettings(BaseModel):
+    """One MCP tool server: a command to run (stdio) or a streamable-HTTP URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Namespaces its tools (`<name>__<tool>`): OpenAI tool names allow [A-Za-z0-9_-]{1,64}.
+    name: str = Field(pattern=r"^[A-Za-z0-9-]{1,24}$")
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Kept for tool approval (not there yet): listed in GET /api/tools, not enforced.
+    requires_approval: bool = False
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Self:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"MCP server {self.name}: give either `command` or `url`")
+        return self
+
+
 class Settings(ServiceSettings):
     """Where the model is, how many jobs run at once, how often they are retried and ordered."""
 
@@ -21,8 +43,9 @@ class Settings(ServiceSettings):
     llm_model: str = "gpt-4o-mini"
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0)
-    # Ask for token usage in the last streamed chunk (`stream_options.include_usage`); turn
-    # off for a compatible server that refuses the option.
+    # Ask for token usage in the last streamed chunk (`stream_options.include_usage`). A
+    # server that refuses the option is recognised and no longer asked (llm.py); false
+    # never asks at all.
     llm_stream_usage: bool = True
     agent_concurrency: int = Field(default=200, ge=1, description="jobs in flight per replica")
     agent_ack_wait: float = Field(default=30.0, gt=0)
@@ -54,6 +77,18 @@ class Settings(ServiceSettings):
     agent_shutdown_grace: float = Field(
         default=20.0, ge=0, description="how long running jobs may finish after SIGTERM"
     )
+    # MCP tool servers (AGENT_MCP_SERVERS: a JSON list), their tools offered next to ours.
+    agent_mcp_servers: tuple[McpServerSettings, ...] = ()
+    agent_mcp_call_timeout: float = Field(default=30.0, gt=0, description="seconds per tool call")
+    agent_mcp_connect_timeout: float = Field(default=10.0, gt=0)
+    agent_mcp_result_chars: int = Field(
+        default=4000, ge=100, description="longest tool result put in the prompt"
+    )
+    agent_mcp_retry_initial: float = Field(default=1.0, gt=0, description="first reconnect delay")
+    agent_mcp_retry_max: float = Field(default=60.0, gt=0, description="longest reconnect delay")
+    agent_mcp_ping_interval: float = Field(
+        default=15.0, gt=0, description="how often an idle connection is checked"
+    )
 
     @field_validator("openai_api_key", "openai_base_url", mode="before")
     @classmethod
@@ -68,6 +103,13 @@ class Settings(ServiceSettings):
                 "no model configured: set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL "
                 "(a compatible server); `chatbus up` starts the simulated model for you"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_mcp_names(self) -> Self:
+        names = [server.name for server in self.agent_mcp_servers]
+        if len(names) != len(set(names)):
+            raise ValueError("AGENT_MCP_SERVERS: every server needs a name of its own")
         return self
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from services.agent.errors import EventError, LLMError, RecallError
 from services.agent.ports import LLM, Events, History, Lookups
 from services.agent.prompt import build_context
 from services.agent.toolloop import ToolCall, run_tool_loop
-from services.agent.tools import ToolContext, ToolRegistry
+from services.agent.tools import ToolContext, ToolRegistry, ToolSet
 from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.agent")
@@ -46,14 +46,14 @@ class Generator:
         llm: LLM,
         events: Events,
         lookups: Lookups | None = None,
-        tools: ToolRegistry | None = None,
+        tools: ToolSet | None = None,
     ) -> None:
         self.settings = settings
         self.history = history
         self.llm = llm
         self.events = events
         self.lookups = lookups  # None: no memories in the prompt and no tools
-        self.tools = tools or ToolRegistry()
+        self.tools: ToolSet = tools if tools is not None else ToolRegistry()
 
     async def run(self, request: RequestChat, attempt: int, meta: RequestMeta) -> Reply:
         """Answer the job's message; raise an :class:`AgentError` when the attempt failed."""

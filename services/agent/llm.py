@@ -1,4 +1,10 @@
-"""The model behind the agent: OpenAI's SDK, streaming chat completions as text pieces."""
+"""The model behind the agent: OpenAI's SDK, streaming chat completions as text pieces.
+
+A compatible server that refuses ``stream_options`` or ``tools`` (recognised by
+:func:`services.runtime.llmcompat.refuses`) is asked again at once without the
+option, and never asked with it again in this process: the reply comes without
+token usage, or without tools (the model then answers in text).
+"""
 
 import itertools
 import math
@@ -11,6 +17,7 @@ import openai
 
 from services.agent.config import Settings
 from services.agent.errors import LLMError
+from services.runtime.llmcompat import Feature, ModelQuirks, refuses
 from services.runtime.openai_errors import describe as describe_openai_error
 
 # Statuses worth another attempt; any other 4xx will fail the same way again.
@@ -40,9 +47,16 @@ class ToolCallDelta:
 class OpenAIChat:
     """Stream replies from an OpenAI-compatible server."""
 
-    def __init__(self, settings: Settings, on_usage: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_usage: Callable[[Any], None] | None = None,
+        quirks: ModelQuirks | None = None,
+    ) -> None:
         self.on_usage = on_usage  # told the token usage the server reports, when asked for
         self.model = settings.llm_model
+        # Options the server refused (stream_options, tools), dropped from then on.
+        self.quirks = quirks or ModelQuirks("agent")
         # The SDK's default pool stops at 1,000 connections, and its HTTP pool scans every
         # connection it holds on each request and each response close (quadratic under
         # load): calls are spread round-robin over clients of at most POOL_SHARD connections.
@@ -71,20 +85,12 @@ class OpenAIChat:
     ) -> AsyncGenerator[str | ToolCallDelta, None]:
         """Yield the reply's text pieces, and tool-call fragments when ``tools`` are offered."""
         body: dict[str, Any] = {"model": self.model, "messages": list(messages), "stream": True}
-        if tools:
+        if tools and self.sends("tools"):
             body["tools"] = list(tools)
-        if self.on_usage is not None:
+        if self.on_usage is not None and self.sends("stream_options"):
             body["stream_options"] = {"include_usage": True}
         try:
-            # The SDK's own client (auth, retries, timeouts, SSE, errors) on its raw ``post``:
-            # ``chat.completions.create`` walks every parameter through its type transform and
-            # builds a pydantic model per chunk, ~5 ms of CPU per call that a replica holding
-            # thousands of calls cannot spare (bench/README.md). Our parameters are plain JSON
-            # already, and chunks come back as the JSON the server sent.
-            stream = await next(self._turn).post(
-                "/chat/completions", body=body, cast_to=object, stream=True,
-                stream_cls=openai.AsyncStream[object],
-            )
+            stream = await self._open(body)
             async with stream:
                 async for chunk in stream:
                     try:
@@ -98,6 +104,41 @@ class OpenAIChat:
         except openai.OpenAIError as exc:
             reason, retryable = describe_openai_error(exc)
             raise LLMError(reason, retryable=retryable) from exc
+
+    def sends(self, option: Feature) -> bool:
+        """Tell whether requests still carry ``option`` (the server has not refused it)."""
+        return self.quirks.get(self.model, option, "send") == "send"
+
+    async def _open(self, body: dict[str, Any]) -> openai.AsyncStream[object]:
+        """Post the request; an option the server refuses is dropped, remembered, retried once."""
+        while True:
+            try:
+                # The SDK's own client (auth, retries, timeouts, SSE, errors) on its raw
+                # ``post``: ``chat.completions.create`` walks every parameter through its
+                # type transform and builds a pydantic model per chunk, ~5 ms of CPU per call
+                # that a replica holding thousands of calls cannot spare (bench/README.md).
+                # Our parameters are plain JSON already, and chunks come back as sent.
+                return await next(self._turn).post(
+                    "/chat/completions", body=body, cast_to=object, stream=True,
+                    stream_cls=openai.AsyncStream[object],
+                )
+            except openai.APIStatusError as exc:
+                if (option := self._refused(body, exc)) is None:
+                    raise
+                del body[option]
+                self.quirks.choose(self.model, option, "drop", str(exc.message))
+
+    @staticmethod
+    def _refused(body: Mapping[str, Any], exc: openai.APIStatusError) -> Feature | None:
+        """Name the option of ``body`` the server refused, if that is what it said."""
+        if "stream_options" in body and refuses(exc, "stream_options"):
+            return "stream_options"
+        # Tools are refused on the first round: later, a 400 naming a tool is about a
+        # tool message of the conversation, which dropping ``tools`` would not cure.
+        first_round = not any(m.get("role") == "tool" for m in body["messages"])
+        if "tools" in body and first_round and refuses(exc, "tools"):
+            return "tools"
+        return None
 
     async def close(self) -> None:
         """Close the SDK's connections."""

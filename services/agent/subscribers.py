@@ -1,4 +1,6 @@
-"""The agent's edges on the bus: the job consumer's config and pings."""
+"""The agent's edges on the bus: the job consumer's config, pings and the tool list."""
+
+from collections.abc import Callable
 
 import structlog
 from faststream.nats import NatsBroker
@@ -6,7 +8,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts import subjects
 from contracts.base import Pong
+from contracts.tools import ListTools, ToolList
 from services.agent.config import Settings
+from services.agent.toolbox import Toolbox
 
 log = structlog.get_logger("chatbus.agent")
 
@@ -36,10 +40,22 @@ async def ensure_consumer(broker: NatsBroker, settings: Settings) -> None:
     await js.add_consumer(subjects.CHAT_JOBS_STREAM.name, consumer_config(settings))
 
 
-def register(broker: NatsBroker, settings: Settings) -> None:
-    """Attach the agent's core-NATS subscribers to the broker."""
+def register(
+    broker: NatsBroker, settings: Settings, toolbox: Toolbox, offers_tools: Callable[[], bool]
+) -> None:
+    """Attach the agent's core-NATS subscribers to the broker.
+
+    ``offers_tools`` tells whether the model takes tools at all (a server may refuse them).
+    """
 
     @broker.subscriber(subjects.AGENT_PING, queue=subjects.AGENT_QUEUE)
     async def on_ping() -> Pong:
         """Tell the caller this replica answers."""
         return Pong(service="agent", instance=settings.instance)
+
+    @broker.subscriber(subjects.AGENT_TOOLS_LIST, queue=subjects.AGENT_QUEUE)
+    async def on_list_tools(query: ListTools) -> ToolList:
+        """List the tools the model can call now (none when its server refuses tools)."""
+        if not offers_tools():
+            return ToolList()
+        return ToolList(items=tuple(toolbox.describe()))

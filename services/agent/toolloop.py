@@ -23,7 +23,7 @@ from typing import Protocol
 from services.agent.errors import ToolRoundsExceeded
 from services.agent.llm import ChatMessage, ToolCallDelta
 from services.agent.ports import LLM
-from services.agent.tools import ToolContext, ToolRegistry
+from services.agent.tools import ToolContext, ToolSet
 
 TextSink = Callable[[str], Awaitable[None]]
 
@@ -85,7 +85,7 @@ class LoopResult:
 async def run_tool_loop(
     llm: LLM,
     prompt: Sequence[ChatMessage],
-    registry: ToolRegistry,
+    registry: ToolSet,
     ctx: ToolContext | None,
     rounds: int,
     on_text: TextSink,
@@ -114,7 +114,7 @@ async def run_tool_loop(
             return LoopResult("".join(pieces), tuple(used))
         if round_ == rounds:
             raise ToolRoundsExceeded(rounds)
-        used.update((call.name, None) for call in wanted if call.name in registry.tools)
+        used.update((call.name, None) for call in wanted if call.name in registry)
         results = await asyncio.gather(*(_run(registry, call, ctx, on_tool) for call in wanted))
         messages.append(assistant_calls("".join(said), wanted))
         messages.extend(
@@ -125,7 +125,7 @@ async def run_tool_loop(
 
 
 async def _run(
-    registry: ToolRegistry, call: ToolCall, ctx: ToolContext, on_tool: ToolSink | None
+    registry: ToolSet, call: ToolCall, ctx: ToolContext, on_tool: ToolSink | None
 ) -> str:
     if on_tool is not None:
         await on_tool.called(call)

@@ -18,7 +18,7 @@ an unknown name or a failed lookup become the text of the tool result, for the m
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Protocol, TypeVar, get_type_hints
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -67,6 +67,15 @@ class Tool:
         }
 
 
+class ToolSet(Protocol):
+    """What the tool loop needs of the tools it offers (a registry, or a toolbox of several)."""
+
+    def __bool__(self) -> bool: ...
+    def __contains__(self, name: object) -> bool: ...
+    def specs(self) -> list[Mapping[str, Any]]: ...
+    async def call(self, name: str, arguments: str, ctx: "ToolContext") -> str: ...
+
+
 class ToolRegistry:
     """The tools offered to the model, by name."""
 
@@ -93,6 +102,9 @@ class ToolRegistry:
 
     def __bool__(self) -> bool:
         return bool(self.tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tools
 
     def specs(self) -> list[Mapping[str, Any]]:
         """Return the ``tools`` parameter of a chat completion, built once: don't mutate it."""

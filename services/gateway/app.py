@@ -14,7 +14,17 @@ from services.gateway.bus import GatewayBus, NatsBus
 from services.gateway.config import Settings
 from services.gateway.errors import PROBLEM_JSON, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware
-from services.gateway.routes import docs, history, jobs, memories, messages, ops, sessions
+from services.gateway.routes import (
+    docs,
+    history,
+    jobs,
+    memories,
+    messages,
+    ops,
+    sessions,
+    tools,
+    webhooks,
+)
 from services.runtime.bus import cancels_bucket, ensure_streams, jobs_bucket, make_broker
 from services.runtime.telemetry import Observability, Telemetry
 
@@ -71,7 +81,7 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware, latency=latency, max_body_bytes=settings.max_body_bytes
     )
-    for module in (sessions, messages, jobs, history, memories, ops, docs):
+    for module in (sessions, messages, jobs, history, memories, tools, webhooks, ops, docs):
         app.include_router(module.router)
     _document_problems_as_problem_json(app)
     return app

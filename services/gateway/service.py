@@ -32,6 +32,21 @@ from contracts.history import (
     SessionStatus,
 )
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
+from contracts.tools import ListTools, ToolList
+from contracts.webhooks import (
+    CreateEndpoint,
+    DeleteEndpoint,
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryReply,
+    EndpointCreated,
+    EndpointDeleted,
+    EndpointPage,
+    ListDeliveries,
+    ListEndpoints,
+    ResendDelivery,
+    WebhookEvent,
+)
 from services.gateway.bus import GatewayBus
 from services.gateway.errors import (
     Conflict,
@@ -159,6 +174,55 @@ class GatewayService:
         """Delete one of the caller's memories."""
         body = DeleteMemory(user_id=caller.user_id, memory_id=memory_id)
         await self._ask(caller, subjects.MEMORY_DELETE, body, MemoryDeleted)
+
+    async def list_tools(self, caller: Caller) -> ToolList:
+        """Return the tools the model can call now, as an agent replica sees them."""
+        return await self._ask(
+            caller, subjects.AGENT_TOOLS_LIST, ListTools(user_id=caller.user_id), ToolList
+        )
+
+    async def create_webhook(
+        self, caller: Caller, url: str, events: tuple[WebhookEvent, ...], description: str | None
+    ) -> EndpointCreated:
+        """Register a webhook endpoint of the caller; the reply has its secret."""
+        body = CreateEndpoint(
+            user_id=caller.user_id, url=url, events=events, description=description
+        )
+        try:
+            return await self._ask(caller, subjects.WEBHOOKS_ENDPOINT_CREATE, body, EndpointCreated)
+        except Invalid as exc:
+            raise Invalid(exc.detail, loc=("body", "url")) from exc
+
+    async def list_webhooks(self, caller: Caller, limit: int, cursor: str | None) -> EndpointPage:
+        """Return a page of the caller's webhook endpoints, newest first."""
+        body = ListEndpoints(user_id=caller.user_id, limit=limit, cursor=cursor)
+        return await self._page(caller, subjects.WEBHOOKS_ENDPOINT_LIST, body, EndpointPage)
+
+    async def delete_webhook(self, caller: Caller, endpoint_id: UUID) -> None:
+        """Delete one of the caller's webhook endpoints."""
+        body = DeleteEndpoint(user_id=caller.user_id, endpoint_id=endpoint_id)
+        await self._ask(caller, subjects.WEBHOOKS_ENDPOINT_DELETE, body, EndpointDeleted)
+
+    async def list_deliveries(
+        self, caller: Caller, endpoint_id: UUID, limit: int, cursor: str | None
+    ) -> DeliveryPage:
+        """Return a page of an endpoint's deliveries, newest first."""
+        body = ListDeliveries(
+            user_id=caller.user_id, endpoint_id=endpoint_id, limit=limit, cursor=cursor
+        )
+        return await self._page(caller, subjects.WEBHOOKS_DELIVERY_LIST, body, DeliveryPage)
+
+    async def resend_delivery(
+        self, caller: Caller, endpoint_id: UUID, delivery_id: UUID
+    ) -> DeliveryRecord:
+        """Queue a delivery's event to its endpoint again."""
+        body = ResendDelivery(
+            user_id=caller.user_id, endpoint_id=endpoint_id, delivery_id=delivery_id
+        )
+        reply = await self._ask(caller, subjects.WEBHOOKS_DELIVERY_RESEND, body, DeliveryReply)
+        if reply.delivery is None:
+            raise BusProtocolError("resend answered without the delivery")
+        return reply.delivery
 
     async def list_messages(
         self, caller: Caller, session_id: UUID, limit: int, cursor: str | None

@@ -33,19 +33,21 @@ def dev_token(settings: LauncherSettings, user_id: str) -> str:
 
 @app.command()
 def migrate() -> None:
-    """Bring the history and memory schemas of DATABASE_URL up to date, then exit."""
+    """Bring the history, memory and webhooks schemas of DATABASE_URL up to date, then exit."""
     from services.history.config import Settings
     from services.history.models import DATABASE as history_db
     from services.memory.models import DATABASE as memory_db
+    from services.webhooks import db as webhooks_db
 
     url = Settings().database_url
 
     async def upgrade() -> None:
         await history_db.migrate(url)
         await memory_db.migrate(url)
+        await webhooks_db.migrate(url)
 
     asyncio.run(upgrade())
-    typer.echo("chatbus: history and memory schemas are up to date")
+    typer.echo("chatbus: history, memory and webhooks schemas are up to date")
 
 
 @app.command()

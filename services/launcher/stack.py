@@ -17,7 +17,7 @@ from services.launcher.natsserver import (
 )
 from services.launcher.supervisor import Child, Supervisor, echo, service_argv
 
-SERVICES = ("history", "memory", "agent", "gateway")
+SERVICES = ("history", "memory", "agent", "gateway", "webhooks")
 SIM_MODEL = "chatbus-sim"
 
 
@@ -70,6 +70,8 @@ class Stack:
             JWT_SECRET=s.jwt_secret,
         )
         env.setdefault("LOG_FORMAT", "json")
+        # A local stack's receivers are local: allow them (production keeps the default).
+        env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
         if llm_base_url is not None:
             env["OPENAI_BASE_URL"] = llm_base_url
             env.setdefault("LLM_MODEL", SIM_MODEL)

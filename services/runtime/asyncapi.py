@@ -33,7 +33,7 @@ from services.runtime.config import ServiceSettings
 
 TITLE = "chatbus bus"
 DESCRIPTION = """Every subject, message and reply that crosses NATS between the chatbus \
-services (gateway, agent, history, memory).
+services (gateway, agent, history, memory, webhooks).
 
 - **Request-reply** (core NATS, one replica of the queue group answers): the reply goes \
 to the requester's inbox; a refused or failed request is answered with the reply's \

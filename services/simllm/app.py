@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.simllm import model
 from services.simllm.config import Settings
+from services.simllm.refusals import refusal_for
 from services.simllm.tools import SimToolCall, answer_for
 
 log = structlog.get_logger("chatbus.simllm")
@@ -179,6 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
             "SIMULATED MODEL SERVER: this is NOT a real LLM; replies are deterministic echoes",
             latency=settings.llm_sim_latency,
             tokens_per_second=settings.llm_sim_tokens_per_second,
+            refuses=sorted(settings.llm_sim_refuse),
         )
         yield
 
@@ -206,6 +208,8 @@ def create_app(settings: Settings) -> FastAPI:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             return openai_error(400, f"{where}: {first['msg']}", "invalid_request_error")
+        if (refusal := refusal_for(raw, settings.llm_sim_refuse)) is not None:
+            return openai_error(400, refusal, "invalid_request_error")
         directives = model.directives_for([m.model_dump() for m in chat.messages])
         if directives.error:
             return openai_error(500, "simulated failure ([sim:error])", "server_error", "sim_error")

@@ -12,27 +12,52 @@ content, is the JSON of :func:`memory_extraction_for`::
 e.g. ``[{"role": "user", "content": "I like tea"}, {"role": "user",
 "content": "hello"}]`` gives ``{"memories": ["The user said: I like tea"]}``.
 System and assistant messages are never remembered.
+
+A server that refuses ``json_schema`` is asked in a weaker way: ``response_format``
+``json_object``, or none at all, with the schema's name ``memory_extraction`` in
+the system prompt. Both are recognised too; without a ``response_format`` the
+JSON comes inside a Markdown fence after a sentence, as chatty models write it.
+A conversation with ``[sim:bad-json]`` in a user message is answered with text
+that is no JSON at all, in every way.
 """
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from services.simllm.model import text_of
 
 SCHEMA_NAME = "memory_extraction"
+BAD_JSON_DIRECTIVE = "[sim:bad-json]"
 MAX_MEMORIES = 10
 PREFIXES = ("i ", "i'm", "i am", "my ")
 
 
 def wants_memory_extraction(body: Mapping[str, Any]) -> bool:
-    """Tell whether a chat completion request asks for the memory-extraction schema."""
+    """Tell whether a chat completion request asks for a memory extraction, in any way."""
     response_format = body.get("response_format")
-    if not isinstance(response_format, Mapping):
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "json_schema":
+        schema = response_format.get("json_schema") if response_format else None
+        return isinstance(schema, Mapping) and schema.get("name") == SCHEMA_NAME
+    if kind not in (None, "text", "json_object"):
         return False
-    if response_format.get("type") != "json_schema":
-        return False
-    schema = response_format.get("json_schema")
-    return isinstance(schema, Mapping) and schema.get("name") == SCHEMA_NAME
+    messages = body.get("messages") or ()
+    return any(
+        isinstance(m, Mapping) and m.get("role") == "system"
+        and SCHEMA_NAME in text_of(m.get("content"))
+        for m in messages
+    )
+
+
+def memory_answer(body: Mapping[str, Any], messages: list[dict[str, Any]]) -> str:
+    """Return the answer's text: the JSON, fenced in prose when no format was asked for."""
+    if any(BAD_JSON_DIRECTIVE in text_of(m.get("content")) for m in messages):
+        return "I would rather not say."
+    found = json.dumps(memory_extraction_for(messages))
+    if isinstance(body.get("response_format"), Mapping):
+        return found
+    return f"Here is what I would remember:\n```json\n{found}\n```"
 
 
 def is_memorable(text: str) -> bool:

@@ -16,7 +16,18 @@ Directives in the last user message inject failures (they stay in the echo):
 
 Structured output (:mod:`services.simllm.memories`): a request whose
 ``response_format`` is ``json_schema`` named ``memory_extraction`` is answered
-(whole or streamed) with the JSON of ``memory_extraction_for(messages)``.
+(whole or streamed) with the JSON of ``memory_extraction_for(messages)``; so is
+one with ``json_object`` or no ``response_format`` whose system message names
+``memory_extraction`` (without a format, the JSON comes in a Markdown fence).
+
+Servers that are not OpenAI (:mod:`services.simllm.refusals`): the setting
+``LLM_SIM_REFUSE`` (a comma list of ``json_schema``, ``json_object``,
+``stream_options``, ``tools``; empty by default) makes the simulation refuse
+each listed option as such a server does: a request using it is answered 400
+``invalid_request_error`` with that server's message (``'response_format' of
+type 'json_schema' is not supported with this model``; the same for
+``json_object``; ``Unrecognized request argument supplied: stream_options``;
+``<model> does not support tools``), before any directive is read.
 
 Tools (:mod:`services.simllm.tools`), when the request offers ``tools``; "the
 text" is the last user message, matched case-insensitively:
@@ -28,12 +39,15 @@ text" is the last user message, matched case-insensitively:
    ``"Echo: <text> (turn N) [<tool name>: <result>]"`` (one bracket per result);
 3. ``[sim:unknown-tool]`` calls ``no_such_tool`` with ``{}``;
 4. ``[sim:bad-tool-args]`` calls the first offered tool with ``{"query": 42}``;
+4a. ``[sim:call=NAME]`` calls the offered tool NAME with ``{}``, and
+   ``[sim:call=NAME {...}]`` with that JSON object as its arguments (sent as
+   written), e.g. ``[sim:call=echo__whoami {"note": "hi"}]`` (an MCP tool);
 5. ``search history for X`` calls ``search_history`` with ``{"query": "X"}`` (X:
    the rest of the text, trailing spaces and ``.,;:!?"'`` stripped);
 6. ``recall`` or ``remember`` anywhere calls ``recall_memories`` with
    ``{"query": <the word after the first "about">}``, or ``""`` without one;
 
-rules 5 and 6 apply only when that tool is offered. A call is answered with
+rules 4a, 5 and 6 apply only when that tool is offered. A call is answered with
 ``finish_reason: "tool_calls"``; streamed, as OpenAI does: per call ``index`` a
 first fragment with id, type and name, then the arguments in pieces.
 """

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.simllm import model
-from services.simllm.memories import memory_extraction_for, wants_memory_extraction
+from services.simllm.memories import memory_answer, wants_memory_extraction
 
 LOOP_DIRECTIVE = "[sim:loop-tools]"
 UNKNOWN_DIRECTIVE = "[sim:unknown-tool]"
 BAD_ARGS_DIRECTIVE = "[sim:bad-tool-args]"
 UNKNOWN_TOOL = "no_such_tool"
+# [sim:call=NAME] or [sim:call=NAME {"json": "arguments"}]
+_CALL = re.compile(r"\[sim:call=([A-Za-z0-9_-]+)(?:\s+(\{.*?\}))?\]", re.DOTALL)
 _SEARCH = re.compile(r"search history for\s+(.+)", re.IGNORECASE | re.DOTALL)
 _RECALL = re.compile(r"recall|remember", re.IGNORECASE)
 _ABOUT = re.compile(r"\babout\s+([\w'-]+)", re.IGNORECASE)
@@ -76,6 +78,8 @@ def tool_calls_for(
         return (_call(UNKNOWN_TOOL, {}),)
     if BAD_ARGS_DIRECTIVE in text:
         return (_call(offered[0], {"query": 42}),)
+    if (wanted := _CALL.search(text)) and wanted.group(1) in offered:
+        return (SimToolCall(wanted.group(1), wanted.group(2) or "{}"),)
     if (search := _SEARCH.search(text)) and "search_history" in offered:
         return (_call("search_history", {"query": search.group(1).strip(_TRAILING)}),)
     if _RECALL.search(text) and "recall_memories" in offered:
@@ -104,7 +108,7 @@ def answer_for(body: Mapping[str, Any]) -> Answer:
     """Return what the simulated model answers to one chat completion request body."""
     messages: list[dict[str, Any]] = [m for m in body.get("messages") or () if isinstance(m, dict)]
     if wants_memory_extraction(body):
-        return Answer(json.dumps(memory_extraction_for(messages)))
+        return Answer(memory_answer(body, messages))
     calls = tool_calls_for(messages, offered_tools(body))
     if calls:
         return Answer("", calls)

@@ -201,12 +201,19 @@ StartAgent = Callable[..., Awaitable[Stack]]
 
 @pytest.fixture
 async def start_agent(clean_nats: str) -> AsyncIterator[StartAgent]:
-    """Start the model, history and (unless ``in_process=False``) an agent; return the stack."""
+    """Start the model, history and (unless ``in_process=False``) an agent; return the stack.
+
+    ``sim_refuse`` makes the simulated model refuse those request options.
+    """
     async with AsyncExitStack() as stack:
 
-        async def start(*, in_process: bool = True, **overrides: Any) -> Stack:
+        async def start(
+            *, in_process: bool = True, sim_refuse: frozenset[str] = frozenset(),
+            **overrides: Any,
+        ) -> Stack:
             sim = SimSettings(
-                simllm_port=free_port(), llm_sim_latency=0.01, llm_sim_tokens_per_second=0
+                simllm_port=free_port(), llm_sim_latency=0.01, llm_sim_tokens_per_second=0,
+                llm_sim_refuse=sim_refuse,
             )
             sim_url = await stack.enter_async_context(running(sim))
             history = HistoryStandIn()

@@ -40,7 +40,10 @@ CONFIG = fuzz_config(SECRET, EXAMPLES_PER_OPERATION)
 # The document is the one the running gateway serves (checked below). It is built here,
 # at import: `@parametrize` needs it at collection, and the lazy fixture loader of
 # Schemathesis does not run under this pytest.
-SCHEMA = schemathesis.openapi.from_dict(create_app(make_settings()).openapi(), config=CONFIG)
+DOCUMENT = schemathesis.openapi.from_dict(create_app(make_settings()).openapi(), config=CONFIG)
+# Webhooks are left out: a fuzzed endpoint URL would have the stack send requests to
+# whatever address the fuzzer made up. tests/integration/test_webhooks_api.py covers them.
+SCHEMA = DOCUMENT.exclude(path_regex="^/api/webhooks")
 WORKFLOW_SETTINGS = hypothesis.settings(
     max_examples=WORKFLOWS,
     stateful_step_count=STEPS_PER_WORKFLOW,
@@ -81,7 +84,7 @@ def test_the_fuzzed_document_is_the_one_served(stack: Cluster) -> None:
     with stack.client() as http:
         served = http.get("/openapi.json")
     assert served.status_code == 200
-    assert served.json() == SCHEMA.raw_schema
+    assert served.json() == DOCUMENT.raw_schema
 
 
 @SCHEMA.parametrize()
