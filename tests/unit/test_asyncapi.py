@@ -12,19 +12,26 @@ from contracts.channels import CHANNELS, KV_PREFIX
 from services.agent.app import create_app as create_agent
 from services.agent.config import Settings as AgentSettings
 from services.agent.subscribers import consumer_config
+from services.history import subscribers as history_edges
 from services.history.app import create_app as create_history
 from services.history.config import Settings as HistorySettings
+from services.memory import subscribers as memory_edges
 from services.memory.app import create_app as create_memory
 from services.memory.config import Settings as MemorySettings
 from services.runtime.asyncapi import document, key_of, render
+from services.webhooks import subscribers as webhooks_edges
 from tests.unit.test_gateway_fakes import gateway_client
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
-# Received outside FastStream: the agent's own pull consumer, the gateway's ordered
-# consumers of a job's events and the bucket watches are nats-py calls.
+# Received by nats-py consumers, not FastStream subscribers: the agent's job consumer,
+# the gateway's ordered consumers of a job's events, the webhooks service's pull
+# consumers, and the bucket watches. (Request-reply answered by runtime.responder is
+# checked through each service's routes.)
 NOT_FASTSTREAM = {
     subjects.CHAT_REQUESTED,
     *(subjects.job_event("{job_id}", kind) for kind in subjects.JOB_EVENT_KINDS),
+    subjects.MEMORY_STORED,
+    subjects.WEBHOOK_DELIVER,
 }
 LLM = "http://127.0.0.1:1/v1"
 
@@ -147,8 +154,27 @@ def service_brokers() -> list[NatsBroker]:
     return [b for b in brokers if isinstance(b, NatsBroker)]
 
 
-def test_every_subscriber_of_the_services_is_documented_and_nothing_else() -> None:
+class AnyService:
+    """Stands for a service when only the subjects of its routes are read."""
+
+    def __getattr__(self, name: str) -> Any:
+        return name
+
+
+def responder_routes() -> set[tuple[str, str | None]]:
+    """Return (subject, queue group) of every route the nats-py responders answer."""
     served: set[tuple[str, str | None]] = set()
+    for module, queue in (
+        (history_edges, subjects.HISTORY_QUEUE),
+        (memory_edges, subjects.MEMORY_QUEUE),
+        (webhooks_edges, subjects.WEBHOOKS_QUEUE),
+    ):
+        served |= {(route.subject, queue) for route in module.routes(AnyService())}
+    return served
+
+
+def test_every_subscriber_of_the_services_is_documented_and_nothing_else() -> None:
+    served = responder_routes()
     for broker in service_brokers():
         served |= receive_ops(AsyncAPI(broker, schema_version="3.0.0").to_specification()
                               .to_jsonable())

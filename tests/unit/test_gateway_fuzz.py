@@ -6,12 +6,24 @@ real-bus run is ``tests/integration/test_gateway_fuzz.py``; the tests after the
 fuzzing pin what it found.
 """
 
+import uuid
+
 import pytest
 import schemathesis
 from schemathesis import Case
 
 from contracts import subjects
-from contracts.base import Pong
+from contracts.base import BusError as ErrorReply
+from contracts.base import Pong, utcnow
+from contracts.tools import ToolList
+from contracts.webhooks import (
+    DeliveryPage,
+    DeliveryReply,
+    EndpointCreated,
+    EndpointDeleted,
+    EndpointPage,
+    EndpointRecord,
+)
 from services.gateway.app import create_app
 from tests.fuzzing import fuzz_config, validate
 from tests.unit.test_gateway_fakes import SECRET, FakeBus, bearer, gateway_client, make_settings
@@ -21,7 +33,28 @@ PONGS = {
     subject: lambda _, name=name: Pong(service=name, instance="fake")
     for name, subject in (("agent", subjects.AGENT_PING), ("memory", subjects.MEMORY_PING))
 }
-APP = create_app(make_settings(max_wait_seconds=0.05), bus=FakeBus(extra=PONGS))
+# Services without a fake of their own answer as a service with nothing yet would.
+EMPTY = {
+    subjects.AGENT_TOOLS_LIST: lambda _: ToolList(),
+    subjects.WEBHOOKS_ENDPOINT_LIST: lambda _: EndpointPage(),
+    subjects.WEBHOOKS_ENDPOINT_CREATE: lambda body: EndpointCreated(
+        endpoint=EndpointRecord(
+            id=uuid.uuid4(), user_id=body.user_id, url=body.url, events=body.events,
+            description=body.description, created_at=utcnow(),
+        ),
+        secret="whsec_fake",
+    ),
+    subjects.WEBHOOKS_ENDPOINT_DELETE: lambda _: EndpointDeleted(
+        error=ErrorReply(code="not_found", message="no such endpoint")
+    ),
+    subjects.WEBHOOKS_DELIVERY_LIST: lambda _: DeliveryPage(
+        error=ErrorReply(code="not_found", message="no such endpoint")
+    ),
+    subjects.WEBHOOKS_DELIVERY_RESEND: lambda _: DeliveryReply(
+        error=ErrorReply(code="not_found", message="no such delivery")
+    ),
+}
+APP = create_app(make_settings(max_wait_seconds=0.05), bus=FakeBus(extra={**PONGS, **EMPTY}))
 # No agent runs here, so a job's event stream would never end: that route is fuzzed
 # only against the whole stack.
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG).exclude(
