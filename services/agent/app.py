@@ -22,7 +22,7 @@ from services.agent.service import JobRunner
 from services.agent.subscribers import ensure_consumer, register
 from services.agent.toolbox import Toolbox
 from services.agent.tools import DEFAULT_TOOLS
-from services.runtime.bus import BusClient, ensure_streams, make_broker
+from services.runtime.bus import ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.telemetry import Observability, Telemetry
 
@@ -41,7 +41,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     metrics = AgentMetrics(observability, settings.llm_model)
     broker = make_broker(settings, "agent", observability.broker_middlewares())
     timeout = settings.bus_request_timeout
-    bus = BusClient(broker, timeout)
+    bus = observability.bus_client(broker, timeout)
     store = KvJobStore(timeout)
     usage = metrics.llm.record_usage if settings.llm_stream_usage else None
     llm = OpenAIChat(settings, on_usage=usage)

@@ -52,6 +52,7 @@ def create_app(
                 await jobs_bucket(broker),
                 await cancels_bucket(broker),
                 settings.bus_request_timeout,
+                observability.bus_client(broker, settings.bus_request_timeout),
             )
             log.info("gateway connected", nats_url=settings.nats_url)
             yield

@@ -96,9 +96,14 @@ class NatsBus:
     """:class:`GatewayBus` over a connected broker, the job bucket and the cancel bucket."""
 
     def __init__(
-        self, broker: NatsBroker, jobs_kv: KeyValue, cancels_kv: KeyValue, timeout: float
+        self,
+        broker: NatsBroker,
+        jobs_kv: KeyValue,
+        cancels_kv: KeyValue,
+        timeout: float,
+        client: BusClient | None = None,
     ) -> None:
-        self.client = BusClient(broker, timeout)
+        self.client = client or BusClient(broker, timeout)
         self.connection: Client = broker.connection
         self.jobs = Entries(jobs_kv, JobState, timeout)
         self.cancels = Entries(cancels_kv, CancelRequest, timeout)

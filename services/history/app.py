@@ -16,7 +16,7 @@ from services.history.outbox import Publisher, Relay
 from services.history.service import HistoryService
 from services.history.store import Store
 from services.history.subscribers import build_responder
-from services.runtime.bus import BusClient, ensure_streams, make_broker
+from services.runtime.bus import ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.telemetry import Observability, Telemetry
@@ -76,7 +76,7 @@ def create_app(
     broker = make_broker(
         settings, "history", observability.broker_middlewares(metrics=observability.served)
     )
-    bus = BusClient(broker, settings.bus_request_timeout)
+    bus = observability.bus_client(broker, settings.bus_request_timeout)
     engine = DATABASE.make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,

@@ -16,7 +16,7 @@ from services.memory.models import DATABASE
 from services.memory.service import MemoryService
 from services.memory.store import Store
 from services.memory.subscribers import build_responder, build_router, consumer_config
-from services.runtime.bus import BusClient, ensure_streams, make_broker
+from services.runtime.bus import ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.metrics import LLMMetrics
 from services.runtime.telemetry import Observability, Telemetry
@@ -64,7 +64,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     broker = make_broker(
         settings, "memory", observability.broker_middlewares(metrics=observability.served)
     )
-    bus = BusClient(broker, settings.bus_request_timeout)
+    bus = observability.bus_client(broker, settings.bus_request_timeout)
     engine = DATABASE.make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,

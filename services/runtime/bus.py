@@ -6,7 +6,7 @@
 
 import time
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import nats.errors
 import structlog
@@ -125,12 +125,32 @@ async def cancels_bucket(broker: NatsBroker) -> KeyValue:
     )
 
 
-class BusClient:
-    """Typed request-reply over a connected broker."""
+class RequestTimer(Protocol):
+    """Where a request's time and outcome are recorded (a histogram by subject and outcome)."""
 
-    def __init__(self, broker: NatsBroker, default_timeout: float) -> None:
+    def labels(self, subject: str, outcome: str) -> Any: ...
+
+
+class BusClient:
+    """Typed request-reply over a connected broker.
+
+    Requests go straight through nats-py (FastStream's publisher path costs a few hundred
+    microseconds of CPU per request), timed into ``timer`` when given; with ``traced``
+    they take FastStream's path, whose telemetry middleware carries the trace context.
+    """
+
+    def __init__(
+        self,
+        broker: NatsBroker,
+        default_timeout: float,
+        *,
+        timer: RequestTimer | None = None,
+        traced: bool = False,
+    ) -> None:
         self.broker = broker
         self.default_timeout = default_timeout
+        self.timer = timer
+        self.traced = traced
 
     async def request(
         self,
@@ -146,23 +166,34 @@ class BusClient:
             raise BusTimeout(f"deadline already passed before {subject}")
         headers = meta.headers()
         headers.setdefault(subjects.HEADER_DEADLINE, f"{time.time() + timeout:.3f}")
+        outcome = "error"
+        started = time.perf_counter()
         try:
-            answer = await self.broker.request(
-                body,
-                subject,
-                headers=headers,
-                correlation_id=meta.request_id,
-                timeout=timeout,
-            )
+            if self.traced:
+                answer = await self.broker.request(
+                    body, subject, headers=headers, correlation_id=meta.request_id,
+                    timeout=timeout,
+                )
+                data = answer.body
+            else:
+                data = (await self.broker.connection.request(
+                    subject, body.model_dump_json().encode(), timeout=timeout, headers=headers
+                )).data
+            outcome = "ok"
         except nats.errors.NoRespondersError as exc:
+            outcome = "no_responders"
             raise BusUnavailable(f"no service answers {subject}") from exc
         except (TimeoutError, nats.errors.TimeoutError) as exc:
+            outcome = "timeout"
             raise BusTimeout(f"{subject} gave no answer within {timeout:.2f}s") from exc
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError) as exc:
             raise BusUnavailable(f"bus unavailable: {exc!r}") from exc
+        finally:
+            if self.timer is not None and not self.traced:  # traced: the middleware times it
+                self.timer.labels(subject, outcome).observe(time.perf_counter() - started)
         try:
-            return reply_type.model_validate_json(answer.body)
+            return reply_type.model_validate_json(data)
         except ValidationError as exc:
             raise BusProtocolError(f"bad answer on {subject}: {exc}") from exc
 

@@ -30,6 +30,7 @@ from faststream import BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
 from faststream._internal.types import BrokerMiddleware
 from faststream.message import SourceType
+from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.response import PublishType
 from opentelemetry import trace
@@ -40,6 +41,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from contracts.base import Reply
+from services.runtime.bus import BusClient
 from services.runtime.config import ServiceSettings
 from services.runtime.metrics import RequestMetrics, ServiceMetrics, is_hot
 
@@ -212,6 +214,12 @@ class Observability:
         """
         bus_metrics = self.metrics.broker_middlewares() if metrics else ()
         return (*self.telemetry.broker_middlewares(), *bus_metrics)
+
+    def bus_client(self, broker: NatsBroker, timeout: float) -> BusClient:
+        """Return a request client of this service: timed into its metrics, traced when on."""
+        return BusClient(
+            broker, timeout, timer=self.metrics.bus_requests, traced=self.telemetry.enabled
+        )
 
     def request_observer(self) -> "RequestObserver | None":
         """Return what records requests answered by the responder; None when nobody looks."""

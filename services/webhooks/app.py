@@ -6,7 +6,7 @@ import structlog
 from faststream import FastStream
 
 from contracts import subjects
-from services.runtime.bus import BusClient, ensure_streams, make_broker
+from services.runtime.bus import ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.telemetry import Observability, Telemetry
 from services.webhooks.config import Settings
@@ -31,7 +31,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     """Build the webhooks service; nothing connects until it starts."""
     observability = Observability(settings, "webhooks", telemetry=telemetry)
     broker = make_broker(settings, "webhooks", observability.broker_middlewares())
-    bus = BusClient(broker, settings.bus_request_timeout)
+    bus = observability.bus_client(broker, settings.bus_request_timeout)
     engine = make_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
