@@ -238,7 +238,7 @@ async def test_a_chat_message_is_one_trace_from_http_through_the_agent_to_histor
     # The agent's requests to history, made for the job, belong to the same trace.
     assert f"{subjects.HISTORY_MESSAGE_LIST} process" in in_trace
     names = [s.name for s in spans.finished()]
-    assert not [n for n in names if n.startswith(("_INBOX", subjects.CHAT_DELTA_PREFIX))]
+    assert not [n for n in names if n.startswith(("_INBOX", subjects.CHAT_JOB_PREFIX))]
 
 
 @pytest.mark.integration
