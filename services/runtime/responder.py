@@ -83,6 +83,7 @@ class Responder:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+        started = time.perf_counter()
         try:
             headers = msg.headers
             if headers:
@@ -103,6 +104,12 @@ class Responder:
                     type(reply).__pydantic_serializer__.to_json(reply),
                     headers={CORRELATION_HEADER: echo} if echo else None,
                 )
+            # One line a request, with its request id (bound above): every service a
+            # request touched has it in its logs.
+            log.info(
+                "request answered", ms=round((time.perf_counter() - started) * 1000, 2),
+                refused=reply.error.code if reply.error is not None else None,
+            )
         except Exception:
             log.exception("request not answered", subject=msg.subject)
         finally:
