@@ -41,7 +41,6 @@ from services.history.errors import (
 from services.history.outbox import archived_event, deleted_event
 from services.history.store import Event, Store, Tx
 from services.runtime.cursor import MalformedCursor, Position, decode_cursor, encode_cursor
-from services.runtime.database import unreachable
 from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.history")
@@ -77,7 +76,7 @@ class HistoryService:
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""
         # A readiness probe, asked every few seconds: refused with no stack trace per probe.
-        if (why := await unreachable(self.store.engine)) is not None:
+        if (why := await self.store.sql.unreachable()) is not None:
             raise Unavailable(why)
         return Pong(service="history", instance=self.instance)
 

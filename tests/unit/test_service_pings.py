@@ -7,12 +7,11 @@ import pytest
 from contracts.base import Ping
 from services.history.errors import Unavailable as HistoryUnavailable
 from services.history.models import DATABASE as HISTORY_DATABASE
-from services.history.store import Store as HistoryStore
 from services.memory.errors import Unavailable as MemoryUnavailable
 from services.memory.models import DATABASE as MEMORY_DATABASE
 from services.memory.service import MemoryService
 from services.memory.store import Store as MemoryStore
-from tests.unit.test_history_service import META, RecordingPublisher, build_service
+from tests.unit.test_history_service import META, RecordingPublisher, build_service, store_at
 from tests.unit.test_memory_service import FakeEvents, FakeHistory, FakeModel
 
 
@@ -27,8 +26,8 @@ async def test_history_pong_needs_its_database(tmp_path: Path) -> None:
     good = f"sqlite+aiosqlite:///{tmp_path}/history.db"
     await HISTORY_DATABASE.migrate(good)
     for url, answers in ((good, True), (unreachable(tmp_path), False)):
-        engine = HISTORY_DATABASE.make_engine(url)
-        service = build_service(HistoryStore(engine), RecordingPublisher())
+        store = store_at(url)
+        service = build_service(store, RecordingPublisher())
         try:
             if answers:
                 assert (await service.ping(Ping(), META)).service == "history"
@@ -36,7 +35,7 @@ async def test_history_pong_needs_its_database(tmp_path: Path) -> None:
                 with pytest.raises(HistoryUnavailable, match="database unreachable"):
                     await service.ping(Ping(), META)
         finally:
-            await engine.dispose()
+            await store.sql.close()
 
 
 async def test_memory_pong_needs_its_database(tmp_path: Path) -> None:
