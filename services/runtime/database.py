@@ -30,7 +30,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 # Set on every connection. The journal mode is kept in the file itself, so ``migrate``
@@ -226,12 +225,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
-
-async def unreachable(engine: AsyncEngine) -> str | None:
-    """Run the cheapest query there is; return why the database did not answer, or None."""
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(select(1))
-    except SQLAlchemyError as exc:
-        return f"database unreachable: {type(exc).__name__}"
-    return None

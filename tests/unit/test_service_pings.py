@@ -8,9 +8,10 @@ from contracts.base import Ping
 from services.history.errors import Unavailable as HistoryUnavailable
 from services.history.models import DATABASE as HISTORY_DATABASE
 from services.memory.errors import Unavailable as MemoryUnavailable
-from services.memory.models import DATABASE as MEMORY_DATABASE
+from services.memory.models import SCHEMA as MEMORY_SCHEMA
 from services.memory.service import MemoryService
 from services.memory.store import Store as MemoryStore
+from services.runtime.sql import database
 from tests.unit.test_history_service import META, RecordingPublisher, build_service, store_at
 from tests.unit.test_memory_service import FakeEvents, FakeHistory, FakeModel
 
@@ -39,13 +40,13 @@ async def test_history_pong_needs_its_database(tmp_path: Path) -> None:
 
 
 async def test_memory_pong_needs_its_database(tmp_path: Path) -> None:
-    engine = MEMORY_DATABASE.make_engine(unreachable(tmp_path))
+    sql = database(unreachable(tmp_path), schema=MEMORY_SCHEMA)
     service = MemoryService(
-        MemoryStore(engine), FakeHistory(), FakeModel(), FakeEvents(),
+        MemoryStore(sql), FakeHistory(), FakeModel(), FakeEvents(),
         instance="unit", max_per_session=10, heartbeat_interval=0.01,
     )
     try:
         with pytest.raises(MemoryUnavailable, match="database unreachable"):
             await service.ping(Ping(), META)
     finally:
-        await engine.dispose()
+        await sql.close()
