@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 
@@ -46,6 +47,16 @@ Outcome = MessageReply | HistoryError
 Committed = Callable[[set[str], set[uuid.UUID], list[Event]], Awaitable[None]]
 
 
+class Marks(Protocol):
+    """Published outbox rows waiting to be marked sent (the relay): a batch marks them too."""
+
+    def take_sent(self) -> list[str]:
+        """Hand over the rows to mark."""
+
+    def keep_sent(self, msg_ids: Sequence[str]) -> None:
+        """Take back rows that were not marked."""
+
+
 @dataclass
 class _Pending:
     req: AppendMessage
@@ -61,10 +72,12 @@ class AppendBatcher:
         store: Store,
         committed: Committed,
         *,
+        marks: Marks | None = None,
         lease: float = 10.0,
         max_batch: int = MAX_BATCH,
     ) -> None:
         self.store = store
+        self.marks = marks
         # After each commit, before the answers: retire cache entries, publish the jobs.
         self.committed = committed
         # How long the relay's timer leaves an admitted job to the publish after the commit.
@@ -112,9 +125,15 @@ class AppendBatcher:
     async def _commit(self, batch: list[_Pending]) -> list[Outcome]:
         now = utcnow()
         self.batches += 1
-        async with self.store.write() as tx:
-            write = _Write(tx, now, self.lease)
-            outcomes = await write.run(batch)
+        sent = self.marks.take_sent() if self.marks else []
+        try:
+            async with self.store.write() as tx:
+                write = _Write(tx, now, self.lease)
+                outcomes = await write.run(batch, sent)
+        except BaseException:
+            if self.marks:
+                self.marks.keep_sent(sent)
+            raise
         await self.committed(write.users, write.sessions, write.events)
         if len(batch) > 1:
             log.debug("appends written together", appends=len(batch), stored=len(write.records))
@@ -137,12 +156,13 @@ class _Write:
         self.users: set[str] = set()
         self.sessions: set[uuid.UUID] = set()
 
-    async def run(self, batch: Sequence[_Pending]) -> list[Outcome]:
+    async def run(self, batch: Sequence[_Pending], sent: Sequence[str]) -> list[Outcome]:
         tx, now = self.tx, self.now
         # Locked in id order, so concurrent batches never wait on each other in a cycle;
         # the locks order appends against a concurrent archive of the session.
-        targets = await tx.lock_targets({p.req.session_id for p in batch})
-        stored = await tx.job_messages({p.req.job_id for p in batch})
+        targets, stored = await tx.load_batch(
+            {p.req.session_id for p in batch}, {p.req.job_id for p in batch}
+        )
         wanted = needs((p.req for p in batch), stored)
         facts = None
         if wanted.any:
@@ -170,10 +190,10 @@ class _Write:
                     continue
                 stored[(req.job_id, req.role)] = StoredMessage(record, reply.follows)
                 outcomes.append(reply)
-        await tx.insert_messages(self.records, self.follows)
-        await tx.advance_sessions(self.added, self.tails, now)
-        await tx.end_jobs(self.ended, now)
-        await tx.add_events(self.events)
+        await tx.write_batch(
+            self.records, self.follows, self.added, self.tails, self.ended, self.events, sent,
+            now,
+        )
         return outcomes
 
     def _store(

@@ -33,7 +33,7 @@ from contracts.base import Contract, utcnow
 from contracts.chat import RequestChat
 from contracts.history import SessionRecord
 from contracts.sessions import SessionArchived, SessionDeleted
-from services.history.store import Event, Store
+from services.history.store import MARK_SENT, Event, Store
 from services.runtime.logging import spawn
 from services.runtime.meta import RequestMeta
 
@@ -48,8 +48,9 @@ ROUTES: dict[str, tuple[str, type[Contract]]] = {
 BATCH = 100
 LEASE = timedelta(seconds=30)
 PRUNE_EVERY = 60.0
-MARK_DELAY = 0.05  # rows published at once are marked sent this much later, many together
-MARK_SENT = "UPDATE {s}.outbox SET sent_at = $2, claimed_until = NULL WHERE msg_id {any $1 text}"
+# Rows published at once are marked sent by the next append's transaction, or after this
+# long without one, many together.
+MARK_DELAY = 0.2
 RELEASE = (
     "UPDATE {s}.outbox SET claimed_until = NULL, attempts = attempts + 1, last_error = $2 "
     "WHERE msg_id = $1"
@@ -178,6 +179,15 @@ class Relay:
                 self._sent.append(event.msg_id)
         self._note(error)
         self._marks.set()
+
+    def take_sent(self) -> list[str]:
+        """Hand over the published rows not yet marked, for a transaction to mark them sent."""
+        sent, self._sent = self._sent, []
+        return sent
+
+    def keep_sent(self, msg_ids: Sequence[str]) -> None:
+        """Take back rows a transaction did not mark after all (it rolled back)."""
+        self._sent.extend(msg_ids)
 
     async def _mark_loop(self) -> None:
         while True:

@@ -60,6 +60,12 @@ class Outbox(Protocol):
     def announce(self, events: Sequence[Event]) -> None:
         """Publish these just-committed events now, from memory."""
 
+    def take_sent(self) -> list[str]:
+        """Hand over the published rows not yet marked sent."""
+
+    def keep_sent(self, msg_ids: Sequence[str]) -> None:
+        """Take back rows that were not marked."""
+
 
 class HistoryService:
     """Serve the history requests: reads through the cache, writes with outbox events."""
@@ -71,7 +77,7 @@ class HistoryService:
         self.cache = cache
         self.outbox = outbox
         self.instance = instance
-        self.appends = AppendBatcher(store, self._appended, lease=lease)
+        self.appends = AppendBatcher(store, self._appended, marks=outbox, lease=lease)
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""

@@ -5,7 +5,7 @@ Every statement is written once below as a template of :mod:`services.runtime.sq
 declared in :mod:`services.history.models` and created by its migrations.
 """
 
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -91,6 +91,25 @@ END_JOBS = (
 END_JOB = (
     "UPDATE {s}.messages SET job_ended_at = COALESCE(job_ended_at, $3) "
     "WHERE job_id = $1 AND role = 'user' AND user_id = $2"
+)
+# An append batch's writes on Postgres in one round trip: data-modifying CTEs over arrays.
+WRITE_BATCH = (
+    "WITH m AS (INSERT INTO {s}.messages (id, session_id, user_id, role, content, created_at, "
+    "job_id, follows) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], "
+    "$5::text[], $6::timestamptz[], $7::uuid[], $8::uuid[])), "
+    "a AS (UPDATE {s}.sessions AS t SET message_count = t.message_count + u.added, "
+    "updated_at = $9, tail_job_id = COALESCE(u.tail, t.tail_job_id) "
+    "FROM unnest($10::uuid[], $11::int[], $12::uuid[]) AS u(id, added, tail) WHERE t.id = u.id), "
+    f"e AS (UPDATE {{s}}.messages SET job_ended_at = $9 WHERE job_id = ANY($13::uuid[]) "
+    f"AND {UNFINISHED}), "
+    "o AS (INSERT INTO {s}.outbox (msg_id, subject, payload, request_id, user_id, created_at, "
+    "claimed_until) SELECT * FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], "
+    "$18::text[], $19::timestamptz[], $20::timestamptz[])), "
+    "k AS (UPDATE {s}.outbox SET sent_at = $9, claimed_until = NULL "
+    "WHERE msg_id = ANY($21::text[])) SELECT 1"
+)
+MARK_SENT = (
+    "UPDATE {s}.outbox SET sent_at = $2, claimed_until = NULL WHERE msg_id {any $1 text}"
 )
 SEARCH = (
     f"SELECT {MESSAGE} FROM {{s}}.messages WHERE user_id = $1 "
@@ -235,27 +254,26 @@ class Tx:
         query, params = _page(f"SELECT {SESSION} FROM {{s}}.sessions", where, args, after, limit)
         return [_session(row) for row in await self.tx.fetch(query, *params)]
 
-    async def lock_targets(self, session_ids: Collection[UUID]) -> dict[UUID, Target]:
-        """Lock the sessions of these ids that exist, in id order; return them with their tail."""
-        rows = await self.tx.fetch(LOCK_TARGETS, list(session_ids))
-        return {
-            target.id: target
-            for target in (
-                Target(
-                    uuid_of(r[0]), r[1], r[2], r[3], maybe_uuid(r[4]), maybe_time(r[5]),
-                    maybe_time(r[6]),
-                )
-                for r in rows
+    async def load_batch(
+        self, session_ids: Collection[UUID], job_ids: Collection[UUID]
+    ) -> tuple[dict[UUID, Target], dict[tuple[UUID, Role], StoredMessage]]:
+        """Lock the sessions of these ids that exist, in id order, and read their tails;
+        read the messages these jobs stored, by (job id, role)."""
+        targets, stored = await self.tx.fetch_all(
+            (LOCK_TARGETS, [list(session_ids)]), (JOB_MESSAGES, [list(job_ids)])
+        )
+        found = (
+            Target(
+                uuid_of(r[0]), r[1], r[2], r[3], maybe_uuid(r[4]), maybe_time(r[5]),
+                maybe_time(r[6]),
             )
-        }
-
-    async def job_messages(
-        self, job_ids: Collection[UUID]
-    ) -> dict[tuple[UUID, Role], StoredMessage]:
-        """Return the messages these jobs stored, by (job id, role)."""
-        rows = await self.tx.fetch(JOB_MESSAGES, list(job_ids))
-        found = (StoredMessage(_message(row), maybe_uuid(row[7])) for row in rows)
-        return {(m.record.job_id, m.record.role): m for m in found if m.record.job_id}
+            for r in targets
+        )
+        messages = (StoredMessage(_message(row), maybe_uuid(row[7])) for row in stored)
+        return (
+            {target.id: target for target in found},
+            {(m.record.job_id, m.record.role): m for m in messages if m.record.job_id},
+        )
 
     async def lock_users(self, user_ids: Collection[str]) -> None:
         """Hold each user's admission lock until the transaction ends (Postgres only)."""
@@ -291,36 +309,50 @@ class Tx:
         rows = await self.tx.fetch(SESSION_UNFINISHED, session_id, horizon)
         return [uuid_of(row[0]) for row in rows]
 
-    async def insert_messages(
-        self, records: Sequence[MessageRecord], follows: Mapping[UUID, UUID | None]
+    async def write_batch(
+        self,
+        records: Sequence[MessageRecord],
+        follows: Mapping[UUID, UUID | None],
+        added: Mapping[UUID, int],
+        tails: Mapping[UUID, UUID],
+        ended: Sequence[UUID],
+        events: Sequence[Event],
+        sent: Sequence[str],
+        at: datetime,
     ) -> None:
-        """Insert messages (a user message with the job it follows, by message id);
-        raise :class:`DuplicateMessage` if any (job, role) exists."""
-        if not records:
-            return
-        rows = [
+        """Write an append batch: insert its messages (a user message with the job it
+        follows), advance its sessions (count, ``updated_at``, tail), end the replied jobs,
+        queue its events, mark published events sent; on SQLite, commit too.
+
+        Raise :class:`DuplicateMessage` if a message's (job, role) exists.
+        """
+        messages = [
             (r.id, r.session_id, r.user_id, r.role, r.content, r.created_at, r.job_id,
              follows.get(r.id))
             for r in records
         ]
+        sessions = [(sid, n, at, tails.get(sid)) for sid, n in sorted(added.items())]
+        outbox = [
+            (e.msg_id, e.subject, e.payload, e.request_id, e.user_id, e.created_at,
+             e.claimed_until)
+            for e in events
+        ]
         try:
-            await self.tx.executemany(INSERT_MESSAGE, rows)
+            if self.postgres:
+                await self.tx.fetch(
+                    WRITE_BATCH, *_columns(messages, 8), at, *_session_columns(sessions),
+                    list(ended), *_columns(outbox, 7), list(sent),
+                )
+                return
+            await self.tx.finish(
+                (INSERT_MESSAGE, messages),
+                (ADVANCE_SESSION, sessions),
+                (END_JOBS, [(list(ended), at)] if ended else []),
+                (INSERT_EVENT, outbox),
+                (MARK_SENT, [(list(sent), at)] if sent else []),
+            )
         except IntegrityError as exc:
-            raise DuplicateMessage(records[0].job_id, records[0].role) from exc
-
-    async def advance_sessions(
-        self, added: Mapping[UUID, int], tails: Mapping[UUID, UUID], at: datetime
-    ) -> None:
-        """Add each session's new messages to its count, move ``updated_at`` and its tail."""
-        if added:
-            rows = [(sid, n, at, tails.get(sid)) for sid, n in sorted(added.items())]
-            await self.tx.executemany(ADVANCE_SESSION, rows)
-
-    async def end_jobs(self, job_ids: Iterable[UUID], at: datetime) -> None:
-        """Mark the jobs of these ids ended (their user message), unless ended already."""
-        jobs = list(job_ids)
-        if jobs:
-            await self.tx.execute(END_JOBS, jobs, at)
+            raise DuplicateMessage(records[0].job_id if records else None) from exc
 
     async def end_job(self, user_id: str, job_id: UUID, at: datetime) -> bool:
         """Mark one of the user's jobs ended (kept if it was); tell whether it exists."""
@@ -364,6 +396,16 @@ def _page(
         where = [*where, f"(created_at, id) < (${len(args) - 1}, ${len(args)})"]
     args = [*args, limit]
     return f"{select} WHERE {' AND '.join(where)} {NEWEST_FIRST} LIMIT ${len(args)}", args
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Turn rows into one list per column (Postgres takes arrays for unnest)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def _session_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Return the (id, added, tail) columns of the session rows (id, added, at, tail)."""
+    return [[r[0] for r in rows], [r[1] for r in rows], [r[3] for r in rows]]
 
 
 def _session(row: Row) -> SessionRecord:

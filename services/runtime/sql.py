@@ -101,6 +101,19 @@ class Tx:
         """Run a statement once per parameter row."""
         raise NotImplementedError
 
+    async def fetch_all(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
+        """Run queries in order and return each one's rows (in one trip on SQLite)."""
+        return [await self.fetch(template, *args) for template, args in queries]
+
+    async def finish(self, *writes: tuple[str, Sequence[Sequence[Any]]]) -> None:
+        """Run each statement once per parameter row, then commit (in one trip on SQLite).
+
+        On Postgres the commit happens as the transaction's block exits.
+        """
+        for template, rows in writes:
+            if rows:
+                await self.executemany(template, rows)
+
 
 class Sql:
     """A database of one service, reached without SQLAlchemy."""
@@ -330,6 +343,35 @@ def _change_many(
     conn.executemany(text, rows)
 
 
+def _query_all(
+    conn: sqlite3.Connection, begin: str | None, queries: Sequence[tuple[str, Sequence[Any]]]
+) -> list[list[Row]]:
+    if begin:
+        conn.execute(begin)
+    return [conn.execute(text, args).fetchall() for text, args in queries]
+
+
+def _change_all(
+    conn: sqlite3.Connection, writes: Sequence[tuple[str, Sequence[Sequence[Any]]]]
+) -> None:
+    for text, rows in writes:
+        if rows:
+            conn.executemany(text, rows)
+
+
+def _finish(
+    conn: sqlite3.Connection,
+    begin: str | None,
+    writes: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+) -> None:
+    if begin:
+        conn.execute(begin)
+    for text, rows in writes:
+        if rows:
+            conn.executemany(text, rows)
+    conn.execute("COMMIT")
+
+
 class Sqlite(Sql):
     """A few connections, each on its own thread; one writer of this process at a time."""
 
@@ -376,10 +418,10 @@ class Sqlite(Sql):
             try:
                 yield tx
             except BaseException:
-                if tx.begun:
+                if tx.begun and not tx.committed:
                     await connection.run(lambda conn: conn.execute("ROLLBACK"))
                 raise
-            if tx.begun:
+            if tx.begun and not tx.committed:
                 await connection.run(lambda conn: conn.execute("COMMIT"))
 
     async def fetch(self, template: str, *args: Any) -> list[Row]:
@@ -399,6 +441,7 @@ class _SqliteTx(Tx):
         self.connection = connection
         self._begin = begin
         self.begun = False
+        self.committed = False
 
     def _next_begin(self) -> str | None:
         begin, self._begin = self._begin, None
@@ -422,3 +465,23 @@ class _SqliteTx(Tx):
             await self.connection.run(
                 partial(_change_many, begin=self._next_begin(), text=text, rows=values)
             )
+
+    async def fetch_all(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
+        rendered = [
+            (self.sql.render(t), [_sqlite_value(a) for a in args]) for t, args in queries
+        ]
+        return await self.connection.run(
+            partial(_query_all, begin=self._next_begin(), queries=rendered)
+        )
+
+    async def finish(self, *writes: tuple[str, Sequence[Sequence[Any]]]) -> None:
+        rendered = [
+            (self.sql.render(t), [[_sqlite_value(a) for a in row] for row in rows])
+            for t, rows in writes
+        ]
+        begin = self._next_begin()
+        if not self.begun:  # not a transaction: each write committed on its own already
+            await self.connection.run(partial(_change_all, writes=rendered))
+            return
+        await self.connection.run(partial(_finish, begin=begin, writes=rendered))
+        self.committed = True
