@@ -176,6 +176,18 @@ def database(
 # ---- Postgres ----------------------------------------------------------------------------
 
 
+class _Unreset(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection handed back as it is (its open transaction still rolled back).
+
+    asyncpg resets every released connection with a query of its own (unlisten, reset
+    settings, release session advisory locks): a round trip per transaction. Nothing
+    here leaves such state behind: locks are transaction-scoped, settings untouched.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class Postgres(Sql):
     """asyncpg's pool; a transaction is one pooled connection's."""
 
@@ -207,7 +219,8 @@ class Postgres(Sql):
                     args["statement_cache_size"] = 0
                 self._pool = await asyncpg.create_pool(
                     host=url.host, port=url.port, user=url.username, password=url.password,
-                    database=url.database, min_size=1, max_size=self.size, **args,
+                    database=url.database, min_size=1, max_size=self.size,
+                    connection_class=_Unreset, **args,
                 )
         return self._pool
 
