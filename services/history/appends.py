@@ -160,17 +160,14 @@ class _Write:
         tx, now = self.tx, self.now
         # Locked in id order, so concurrent batches never wait on each other in a cycle;
         # the locks order appends against a concurrent archive of the session.
-        targets, stored = await tx.load_batch(
-            {p.req.session_id for p in batch}, {p.req.job_id for p in batch}
+        wanted = needs(p.req for p in batch)
+        targets = await tx.lock_batch(
+            {p.req.session_id for p in batch}, wanted.users | wanted.senders
         )
-        wanted = needs((p.req for p in batch), stored)
-        facts = None
-        if wanted.any:
-            await tx.lock_users(wanted.users | wanted.senders)
-            facts = await tx.admission_facts(
-                wanted.users, wanted.senders, wanted.probed,
-                horizon=now - JOB_HORIZON, since=now - RATE_WINDOW,
-            )
+        stored, facts = await tx.read_batch(
+            targets, {p.req.job_id for p in batch}, users=wanted.users, senders=wanted.senders,
+            probed=wanted.probed, horizon=now - JOB_HORIZON, since=now - RATE_WINDOW,
+        )
         admissions = Admissions(now, targets, facts)
         outcomes: list[Outcome] = []
         for pending in batch:

@@ -7,7 +7,7 @@ declared in :mod:`services.history.models` and created by its migrations.
 
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -46,31 +46,35 @@ INSERT_EVENT = (
     "INSERT INTO {s}.outbox (msg_id, subject, payload, request_id, user_id, created_at, "
     "claimed_until) VALUES ($1, $2, $3, $4, $5, $6, $7)"
 )
-# The sessions a batch of appends writes to, locked in id order, with the state of the job
-# each one's order ends with (its tail): when its user message was stored, and whether ended.
-LOCK_TARGETS = (
-    "SELECT s.id, s.user_id, s.persona, s.status, s.tail_job_id, t.created_at, "
-    "t.job_ended_at FROM {s}.sessions s LEFT JOIN {s}.messages t "
-    "ON t.job_id = s.tail_job_id AND t.role = 'user' "
-    "WHERE s.id {any $1 uuid} ORDER BY s.id {pg: FOR UPDATE OF s}"
+# The sessions a batch of appends writes to, locked in id order, after (on Postgres) the
+# admission lock of each user of the batch, taken in key order: every batch takes its locks
+# users first, then sessions, each in one order, so two batches never wait in a cycle. The
+# locks come from a subquery the statement must read before it returns (and locks) a row.
+LOCK_BATCH = (
+    "{pg: WITH locks AS MATERIALIZED (SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT "
+    "hashtextextended('history.user:' || u, 0) AS k FROM unnest($2::text[]) AS u ORDER BY k) "
+    "AS keys)} SELECT id, user_id, persona, status, tail_job_id FROM {s}.sessions "
+    "{pg: , (SELECT count(*) FROM locks) AS taken} WHERE id {any $1 uuid} ORDER BY id "
+    "{pg: FOR UPDATE OF sessions}"
 )
-JOB_MESSAGES = f"SELECT {MESSAGE}, follows FROM {{s}}.messages WHERE job_id {{any $1 uuid}}"
-# Serialises the admissions of a user across replicas on Postgres (one lock per user, taken
-# in key order so two batches never wait on each other in a cycle); SQLite has one writer.
-LOCK_USERS = (
-    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended("
-    "'history.user:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys"
-)
-# What admitting new jobs needs to know, in one round trip: each user's unfinished jobs
-# (``u``), the user messages each user sent within the rate window (``r``), and each
-# probed session's unfinished jobs (``s``).
-ADMISSION_FACTS = (
-    "SELECT 'u', user_id, session_id, job_id, created_at FROM {s}.messages "
-    f"WHERE user_id {{any $1 text}} AND {UNFINISHED} AND created_at > $4 "
-    "UNION ALL SELECT 'r', user_id, session_id, job_id, created_at FROM {s}.messages "
-    "WHERE user_id {any $2 text} AND role = 'user' AND created_at > $5 "
-    "UNION ALL SELECT 's', user_id, session_id, job_id, created_at FROM {s}.messages "
-    f"WHERE session_id {{any $3 uuid}} AND {UNFINISHED} AND created_at > $4"
+# Everything else a batch reads, in one statement that starts after its locks are held (so
+# it sees whatever the batches before it committed): the messages its jobs stored (``j``),
+# the state of its sessions' tails (``t``), and for admission each user's unfinished jobs
+# (``u``), the user messages each user sent within the rate window (``r``) and each probed
+# session's unfinished jobs (``s``). The first branch names every column's type.
+READ_BATCH = (
+    "SELECT 'j', id, session_id, user_id, role, content, created_at, job_id, follows, "
+    "job_ended_at FROM {s}.messages WHERE job_id {any $1 uuid} "
+    "UNION ALL SELECT 't', NULL, session_id, user_id, NULL, NULL, created_at, job_id, NULL, "
+    "job_ended_at FROM {s}.messages WHERE job_id {any $2 uuid} AND role = 'user' "
+    "UNION ALL SELECT 'u', NULL, session_id, user_id, NULL, NULL, created_at, job_id, NULL, "
+    f"NULL FROM {{s}}.messages WHERE user_id {{any $3 text}} AND {UNFINISHED} "
+    "AND created_at > $6 "
+    "UNION ALL SELECT 'r', NULL, session_id, user_id, NULL, NULL, created_at, job_id, NULL, "
+    "NULL FROM {s}.messages WHERE user_id {any $4 text} AND role = 'user' AND created_at > $7 "
+    "UNION ALL SELECT 's', NULL, session_id, user_id, NULL, NULL, created_at, job_id, NULL, "
+    f"NULL FROM {{s}}.messages WHERE session_id {{any $5 uuid}} AND {UNFINISHED} "
+    "AND created_at > $6"
 )
 SESSION_UNFINISHED = (
     "SELECT job_id FROM {s}.messages "
@@ -254,55 +258,63 @@ class Tx:
         query, params = _page(f"SELECT {SESSION} FROM {{s}}.sessions", where, args, after, limit)
         return [_session(row) for row in await self.tx.fetch(query, *params)]
 
-    async def load_batch(
-        self, session_ids: Collection[UUID], job_ids: Collection[UUID]
-    ) -> tuple[dict[UUID, Target], dict[tuple[UUID, Role], StoredMessage]]:
-        """Lock the sessions of these ids that exist, in id order, and read their tails;
-        read the messages these jobs stored, by (job id, role)."""
-        targets, stored = await self.tx.fetch_all(
-            (LOCK_TARGETS, [list(session_ids)]), (JOB_MESSAGES, [list(job_ids)])
-        )
-        found = (
-            Target(
-                uuid_of(r[0]), r[1], r[2], r[3], maybe_uuid(r[4]), maybe_time(r[5]),
-                maybe_time(r[6]),
+    async def lock_batch(
+        self, session_ids: Collection[UUID], users: Collection[str]
+    ) -> dict[UUID, Target]:
+        """Lock the users' admissions (Postgres) and the sessions of these ids that exist;
+        return the sessions (their tails not read yet)."""
+        rows = await self.tx.fetch(LOCK_BATCH, list(session_ids), sorted(users))
+        return {
+            t.id: t
+            for t in (
+                Target(uuid_of(r[0]), r[1], r[2], r[3], maybe_uuid(r[4]), None, None)
+                for r in rows
             )
-            for r in targets
-        )
-        messages = (StoredMessage(_message(row), maybe_uuid(row[7])) for row in stored)
-        return (
-            {target.id: target for target in found},
-            {(m.record.job_id, m.record.role): m for m in messages if m.record.job_id},
-        )
+        }
 
-    async def lock_users(self, user_ids: Collection[str]) -> None:
-        """Hold each user's admission lock until the transaction ends (Postgres only)."""
-        if self.postgres and user_ids:
-            await self.tx.fetch(LOCK_USERS, sorted(user_ids))
-
-    async def admission_facts(
+    async def read_batch(
         self,
+        targets: dict[UUID, Target],
+        job_ids: Collection[UUID],
+        *,
         users: Collection[str],
         senders: Collection[str],
         probed: Collection[UUID],
-        *,
         horizon: datetime,
         since: datetime,
-    ) -> Facts:
-        """Read the unfinished jobs (created after ``horizon``) of ``users`` and of the
-        ``probed`` sessions, and the user messages ``senders`` sent after ``since``."""
-        facts = Facts({u: set() for u in users}, {u: [] for u in senders}, {s: {} for s in probed})
+    ) -> tuple[dict[tuple[UUID, Role], StoredMessage], Facts]:
+        """Read, under the batch's locks, the messages its jobs stored (by job and role),
+        its sessions' tails (into ``targets``), and for admission the unfinished jobs
+        (created after ``horizon``) of ``users`` and of the ``probed`` sessions and the
+        user messages ``senders`` sent after ``since``."""
+        tails = {t.tail_job_id: t for t in targets.values() if t.tail_job_id is not None}
         rows = await self.tx.fetch(
-            ADMISSION_FACTS, list(users), list(senders), list(probed), horizon, since
+            READ_BATCH, list(job_ids), list(tails), list(users), list(senders), list(probed),
+            horizon, since,
         )
-        for kind, user_id, session_id, job_id, created_at in rows:
-            if kind == "u":
-                facts.unfinished[user_id].add(uuid_of(job_id))
+        stored: dict[tuple[UUID, Role], StoredMessage] = {}
+        facts = Facts({u: set() for u in users}, {u: [] for u in senders}, {s: {} for s in probed})
+        for row in rows:
+            kind = row[0]
+            if kind == "j":
+                message = MessageRecord(
+                    id=uuid_of(row[1]), session_id=uuid_of(row[2]), user_id=row[3],
+                    role=row[4], content=row[5], created_at=time_of(row[6]),
+                    job_id=uuid_of(row[7]),
+                )
+                stored[(uuid_of(row[7]), row[4])] = StoredMessage(message, maybe_uuid(row[8]))
+            elif kind == "t":
+                tail = tails[uuid_of(row[7])]
+                targets[tail.id] = replace(
+                    tail, tail_created_at=time_of(row[6]), tail_ended_at=maybe_time(row[9])
+                )
+            elif kind == "u":
+                facts.unfinished[row[3]].add(uuid_of(row[7]))
             elif kind == "r":
-                facts.sent[user_id].append(time_of(created_at))
+                facts.sent[row[3]].append(time_of(row[6]))
             else:
-                facts.session_jobs[uuid_of(session_id)][uuid_of(job_id)] = time_of(created_at)
-        return facts
+                facts.session_jobs[uuid_of(row[2])][uuid_of(row[7])] = time_of(row[6])
+        return stored, facts
 
     async def session_unfinished(self, session_id: UUID, horizon: datetime) -> list[UUID]:
         """Return the session's unfinished jobs created after ``horizon``, oldest first."""

@@ -47,6 +47,7 @@ Row = Sequence[Any]
 _ANY = re.compile(r"\{any \$(\d+) (\w+)\}")
 _PG_ONLY = re.compile(r"\{pg:([^}]*)\}")
 _PARAM = re.compile(r"\$(\d+)")
+_NUMBERED = re.compile(r"\?(\d+)")
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 POOLER_KEYS = ("prepared_statement_cache_size", "statement_cache_size")
 
@@ -401,11 +402,20 @@ class Sqlite(Sql):
         for connection in self._all:
             self._idle.put_nowait(connection)
         self._turn = asyncio.Lock()
+        self._arity: dict[str, int] = {}
 
     def _render(self, template: str) -> str:
         text = _ANY.sub(lambda m: f"IN (SELECT value FROM json_each(?{m[1]}))", template)
         text = _PG_ONLY.sub("", text)
         return _PARAM.sub(r"?\1", text.replace("{s}.", ""))
+
+    def bind(self, template: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
+        """Return the statement and its values; parameters only Postgres uses are dropped."""
+        text = self.render(template)
+        arity = self._arity.get(text)
+        if arity is None:
+            arity = self._arity[text] = max((int(n) for n in _NUMBERED.findall(text)), default=0)
+        return text, [_sqlite_value(a) for a in args[:arity]]
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
@@ -462,35 +472,33 @@ class _SqliteTx(Tx):
         return begin
 
     async def fetch(self, template: str, *args: Any) -> list[Row]:
-        text, values = self.sql.render(template), [_sqlite_value(a) for a in args]
+        text, values = self.sql.bind(template, args)
         work = partial(_query, begin=self._next_begin(), text=text, args=values)
         return await self.connection.run(work)
 
     async def execute(self, template: str, *args: Any) -> int:
-        text, values = self.sql.render(template), [_sqlite_value(a) for a in args]
+        text, values = self.sql.bind(template, args)
         work = partial(_change, begin=self._next_begin(), text=text, args=values)
         return await self.connection.run(work)
 
     async def executemany(self, template: str, rows: Iterable[Sequence[Any]]) -> None:
-        text = self.sql.render(template)
-        values = [[_sqlite_value(a) for a in row] for row in rows]
+        bound = [self.sql.bind(template, row) for row in rows]
+        text = bound[0][0] if bound else ""
+        values = [row for _, row in bound]
         if values:
             await self.connection.run(
                 partial(_change_many, begin=self._next_begin(), text=text, rows=values)
             )
 
     async def fetch_all(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
-        rendered = [
-            (self.sql.render(t), [_sqlite_value(a) for a in args]) for t, args in queries
-        ]
+        rendered = [self.sql.bind(t, args) for t, args in queries]
         return await self.connection.run(
             partial(_query_all, begin=self._next_begin(), queries=rendered)
         )
 
     async def finish(self, *writes: tuple[str, Sequence[Sequence[Any]]]) -> None:
         rendered = [
-            (self.sql.render(t), [[_sqlite_value(a) for a in row] for row in rows])
-            for t, rows in writes
+            (self.sql.render(t), [self.sql.bind(t, row)[1] for row in rows]) for t, rows in writes
         ]
         begin = self._next_begin()
         if not self.begun:  # not a transaction: each write committed on its own already

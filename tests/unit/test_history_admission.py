@@ -326,3 +326,29 @@ async def test_a_failed_announcement_is_left_to_the_timer(
     publisher.fail = False
     assert await relay.drain() == 1  # released at once, not after the lease
     assert [p.subject for p in publisher.sent] == [subjects.CHAT_REQUESTED]
+
+
+async def test_two_replicas_appending_to_one_session_keep_one_order(
+    service: HistoryService, database_url: str
+) -> None:
+    other_store = store_at(database_url)  # a second replica: its own connections and batches
+    other = build_service(other_store, RecordingPublisher())
+    try:
+        session = await _create(service)
+        for _ in range(3):
+            jobs = [uuid.uuid4() for _ in range(12)]
+            replicas = [service, other] * 6
+            replies = await asyncio.gather(
+                *(_user(r, session, job=j) for r, j in zip(replicas, jobs, strict=True))
+            )
+            # Every job follows the one admitted just before it: a single chain.
+            chain = {r.message.job_id: r.follows for r in replies if r.message is not None}
+            heads = [j for j, f in chain.items() if f is None or f not in chain]
+            assert len(heads) == 1, chain
+            followed = [f for f in chain.values() if f in chain]
+            assert len(followed) == len(set(followed)) == len(jobs) - 1
+            for job in jobs:  # answered: the next round starts a new chain
+                await _reply(service, session, role="assistant", job=job)
+        await other.outbox.settle()  # type: ignore[attr-defined]
+    finally:
+        await other_store.sql.close()
