@@ -161,12 +161,10 @@ class _Write:
         # Locked in id order, so concurrent batches never wait on each other in a cycle;
         # the locks order appends against a concurrent archive of the session.
         wanted = needs(p.req for p in batch)
-        targets = await tx.lock_batch(
-            {p.req.session_id for p in batch}, wanted.users | wanted.senders
-        )
-        stored, facts = await tx.read_batch(
-            targets, {p.req.job_id for p in batch}, users=wanted.users, senders=wanted.senders,
-            probed=wanted.probed, horizon=now - JOB_HORIZON, since=now - RATE_WINDOW,
+        targets, stored, facts = await tx.load_batch(
+            {p.req.session_id for p in batch}, {p.req.job_id for p in batch},
+            users=wanted.users | wanted.senders, senders=wanted.senders, probed=wanted.probed,
+            horizon=now - JOB_HORIZON, since=now - RATE_WINDOW,
         )
         admissions = Admissions(now, targets, facts)
         outcomes: list[Outcome] = []

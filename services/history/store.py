@@ -57,6 +57,13 @@ LOCK_BATCH = (
     "{pg: , (SELECT count(*) FROM locks) AS taken} WHERE id {any $1 uuid} ORDER BY id "
     "{pg: FOR UPDATE OF sessions}"
 )
+# SQLite has one writer, so whatever a batch reads after its BEGIN IMMEDIATE is current:
+# its sessions come with their tails' state at once (and everything else in the same trip).
+TARGETS_WITH_TAILS = (
+    "SELECT s.id, s.user_id, s.persona, s.status, s.tail_job_id, t.created_at, "
+    "t.job_ended_at FROM sessions s LEFT JOIN messages t "
+    "ON t.job_id = s.tail_job_id AND t.role = 'user' WHERE s.id {any $1 uuid}"
+)
 # Everything else a batch reads, in one statement that starts after its locks are held (so
 # it sees whatever the batches before it committed): the messages its jobs stored (``j``),
 # the state of its sessions' tails (``t``), and for admission each user's unfinished jobs
@@ -258,23 +265,9 @@ class Tx:
         query, params = _page(f"SELECT {SESSION} FROM {{s}}.sessions", where, args, after, limit)
         return [_session(row) for row in await self.tx.fetch(query, *params)]
 
-    async def lock_batch(
-        self, session_ids: Collection[UUID], users: Collection[str]
-    ) -> dict[UUID, Target]:
-        """Lock the users' admissions (Postgres) and the sessions of these ids that exist;
-        return the sessions (their tails not read yet)."""
-        rows = await self.tx.fetch(LOCK_BATCH, list(session_ids), sorted(users))
-        return {
-            t.id: t
-            for t in (
-                Target(uuid_of(r[0]), r[1], r[2], r[3], maybe_uuid(r[4]), None, None)
-                for r in rows
-            )
-        }
-
-    async def read_batch(
+    async def load_batch(
         self,
-        targets: dict[UUID, Target],
+        session_ids: Collection[UUID],
         job_ids: Collection[UUID],
         *,
         users: Collection[str],
@@ -282,16 +275,49 @@ class Tx:
         probed: Collection[UUID],
         horizon: datetime,
         since: datetime,
+    ) -> tuple[dict[UUID, Target], dict[tuple[UUID, Role], StoredMessage], Facts]:
+        """Lock an append batch's users (Postgres) and sessions, then read the sessions
+        with their tails, the messages its jobs stored (by job and role), and for admission
+        the unfinished jobs (created after ``horizon``) of ``users`` and of the ``probed``
+        sessions and the user messages ``senders`` sent after ``since``."""
+        rest = [list(job_ids), [], list(users), list(senders), list(probed), horizon, since]
+        if self.postgres:
+            found = await self.tx.fetch(LOCK_BATCH, list(session_ids), sorted(users))
+            targets = {
+                t.id: t
+                for t in (
+                    Target(uuid_of(r[0]), r[1], r[2], r[3], maybe_uuid(r[4]), None, None)
+                    for r in found
+                )
+            }
+            rest[1] = [t.tail_job_id for t in targets.values() if t.tail_job_id is not None]
+            rows = await self.tx.fetch(READ_BATCH, *rest)  # under the locks: a fresh snapshot
+        else:
+            found, rows = await self.tx.fetch_all(
+                (TARGETS_WITH_TAILS, [list(session_ids)]), (READ_BATCH, rest)
+            )
+            targets = {
+                t.id: t
+                for t in (
+                    Target(
+                        uuid_of(r[0]), r[1], r[2], r[3], maybe_uuid(r[4]), maybe_time(r[5]),
+                        maybe_time(r[6]),
+                    )
+                    for r in found
+                )
+            }
+        stored, facts = self._batch_rows(rows, targets, users, senders, probed)
+        return targets, stored, facts
+
+    @staticmethod
+    def _batch_rows(
+        rows: Sequence[Row],
+        targets: dict[UUID, Target],
+        users: Collection[str],
+        senders: Collection[str],
+        probed: Collection[UUID],
     ) -> tuple[dict[tuple[UUID, Role], StoredMessage], Facts]:
-        """Read, under the batch's locks, the messages its jobs stored (by job and role),
-        its sessions' tails (into ``targets``), and for admission the unfinished jobs
-        (created after ``horizon``) of ``users`` and of the ``probed`` sessions and the
-        user messages ``senders`` sent after ``since``."""
         tails = {t.tail_job_id: t for t in targets.values() if t.tail_job_id is not None}
-        rows = await self.tx.fetch(
-            READ_BATCH, list(job_ids), list(tails), list(users), list(senders), list(probed),
-            horizon, since,
-        )
         stored: dict[tuple[UUID, Role], StoredMessage] = {}
         facts = Facts({u: set() for u in users}, {u: [] for u in senders}, {s: {} for s in probed})
         for row in rows:
