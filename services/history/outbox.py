@@ -159,9 +159,9 @@ class Relay:
         self._task = self._marker = None
 
     async def settle(self) -> None:
-        """Wait for the announcements in flight, then record their outcome (tests, stop)."""
-        while self._announcing:
-            await asyncio.gather(*self._announcing, return_exceptions=True)
+        """Wait for the announcements in flight now, then record their outcome (stop, tests)."""
+        if self._announcing:
+            await asyncio.gather(*list(self._announcing), return_exceptions=True)
         await self.flush_marks()
 
     async def _announce(self, events: Sequence[Event]) -> None:
@@ -263,7 +263,6 @@ class Relay:
 
     async def drain(self) -> int:
         """Publish pending rows until none is left or the bus fails; return how many."""
-        await self.settle()
         published = 0
         while True:
             rows = await self._claim()
