@@ -20,8 +20,8 @@ from uuid import UUID
 
 from contracts import subjects
 from contracts.history import Admission, AppendMessage
+from services.history.batch import Facts, StoredMessage, Target
 from services.history.errors import Conflict, RateLimited, TooManyJobs
-from services.history.store import Facts, StoredMessage, Target
 
 JOB_HORIZON = timedelta(hours=24)
 # Refused for too many unfinished jobs: when one ends is unknown; a job takes seconds,

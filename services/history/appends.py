@@ -2,11 +2,13 @@
 
 A burst of chat messages means a burst of appends. While one batch is being
 written, the appends that arrive wait in a queue; the next batch takes them all
-and writes them with one statement per kind: lock the sessions (with the state
-of each one's last job), find earlier copies, lock the users and read what
-admission needs (Postgres), insert the messages, advance the sessions, end the
-replied jobs, queue the admitted jobs' ``RequestChat`` in the outbox. An append
-that arrives alone is written at once, as a batch of one.
+and writes them in one transaction of three statements, whatever its size
+(:mod:`services.history.batch`): lock the users' admissions
+(Postgres) and the sessions; read the sessions' tails, earlier copies of the
+messages and what admission needs; then insert the messages, advance the
+sessions, end the replied jobs, queue the admitted jobs' ``RequestChat`` in the
+outbox and mark the jobs published since the last batch sent. An append that
+arrives alone is written at once, as a batch of one.
 
 Each append still gets its own answer: stored (with the job it follows and the
 jobs it interrupts), a duplicate of what its job stored before (also earlier in
@@ -34,8 +36,9 @@ from contracts.base import utcnow
 from contracts.chat import RequestChat
 from contracts.history import Admission, AppendMessage, MessageRecord, MessageReply
 from services.history.admission import JOB_HORIZON, RATE_WINDOW, Admissions, needs
+from services.history.batch import StoredMessage, load_batch, write_batch
 from services.history.errors import Conflict, DuplicateMessage, HistoryError, NotFound
-from services.history.store import Event, Store, StoredMessage, Tx
+from services.history.store import Event, Store, Tx
 from services.runtime.logging import spawn
 from services.runtime.meta import RequestMeta
 
@@ -161,8 +164,8 @@ class _Write:
         # Locked in id order, so concurrent batches never wait on each other in a cycle;
         # the locks order appends against a concurrent archive of the session.
         wanted = needs(p.req for p in batch)
-        targets, stored, facts = await tx.load_batch(
-            {p.req.session_id for p in batch}, {p.req.job_id for p in batch},
+        targets, stored, facts = await load_batch(
+            tx, {p.req.session_id for p in batch}, {p.req.job_id for p in batch},
             users=wanted.users | wanted.senders, senders=wanted.senders, probed=wanted.probed,
             horizon=now - JOB_HORIZON, since=now - RATE_WINDOW,
         )
@@ -185,8 +188,8 @@ class _Write:
                     continue
                 stored[(req.job_id, req.role)] = StoredMessage(record, reply.follows)
                 outcomes.append(reply)
-        await tx.write_batch(
-            self.records, self.follows, self.added, self.tails, self.ended, self.events, sent,
+        await write_batch(
+            tx, self.records, self.follows, self.added, self.tails, self.ended, self.events, sent,
             now,
         )
         return outcomes

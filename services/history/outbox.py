@@ -33,7 +33,16 @@ from contracts.base import Contract, utcnow
 from contracts.chat import RequestChat
 from contracts.history import SessionRecord
 from contracts.sessions import SessionArchived, SessionDeleted
-from services.history.store import MARK_SENT, Event, Store
+from services.history.statements import (
+    CLAIM,
+    FAILED_SEQS,
+    MARK_SENT,
+    PRUNE,
+    RELEASE,
+    RELEASE_SEQS,
+    SENT_SEQS,
+)
+from services.history.store import Event, Store
 from services.runtime.logging import spawn
 from services.runtime.meta import RequestMeta
 
@@ -51,24 +60,7 @@ PRUNE_EVERY = 60.0
 # Rows published at once are marked sent by the next append's transaction, or after this
 # long without one, many together.
 MARK_DELAY = 0.2
-RELEASE = (
-    "UPDATE {s}.outbox SET claimed_until = NULL, attempts = attempts + 1, last_error = $2 "
-    "WHERE msg_id = $1"
-)
-# Claimed in seq order for a lease; replicas skip each other's locked rows on Postgres.
-CLAIM = (
-    "UPDATE {s}.outbox SET claimed_until = $2 WHERE seq IN (SELECT seq FROM {s}.outbox "
-    "WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < $1) "
-    "ORDER BY seq LIMIT $3 {pg: FOR UPDATE SKIP LOCKED}) "
-    "RETURNING seq, msg_id, subject, payload, request_id, user_id"
-)
-SENT_SEQS = "UPDATE {s}.outbox SET sent_at = $2 WHERE seq {any $1 bigint}"
-RELEASE_SEQS = "UPDATE {s}.outbox SET claimed_until = NULL WHERE seq {any $1 bigint}"
-FAILED_SEQS = (
-    "UPDATE {s}.outbox SET claimed_until = NULL, attempts = attempts + 1, last_error = $2 "
-    "WHERE seq {any $1 bigint}"
-)
-PRUNE = "DELETE FROM {s}.outbox WHERE sent_at < $1"
+
 
 
 class Publisher(Protocol):
