@@ -23,25 +23,27 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from contracts.history import AppendMessage, CreateSession  # noqa: E402
+from contracts.base import utcnow  # noqa: E402
+from contracts.history import Admission, AppendMessage, CreateSession  # noqa: E402
 from services.history.cache import Cache, CacheMetrics  # noqa: E402
 from services.history.cache_backends import MemoryBackend  # noqa: E402
-from services.history.models import DATABASE  # noqa: E402
+from services.history.models import DATABASE, SCHEMA  # noqa: E402
 from services.history.outbox import Relay  # noqa: E402
 from services.history.service import HistoryService  # noqa: E402
 from services.history.store import Store  # noqa: E402
 from services.runtime.logging import configure_logging  # noqa: E402
 from services.runtime.meta import RequestMeta  # noqa: E402
+from services.runtime.sql import database  # noqa: E402
 
 META = RequestMeta("bench", "bench")
 SESSIONS = 50
 
 
 class NoPublisher:
-    """The relay's publisher: this benchmark archives nothing, so nothing is published."""
+    """The relay's publisher: the admitted jobs' events go nowhere here."""
 
     async def publish(self, *_: object, **__: object) -> None:
-        raise AssertionError("no event expected")
+        return None
 
 
 async def measure(concurrency: int, appends: int) -> tuple[float, float]:
@@ -49,8 +51,7 @@ async def measure(concurrency: int, appends: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="history-appends-") as tmp:
         url = f"sqlite+aiosqlite:///{tmp}/history.db"
         await DATABASE.migrate(url)
-        engine = DATABASE.make_engine(url)
-        store = Store(engine)
+        store = Store(database(url, schema=SCHEMA))
         cache = Cache(MemoryBackend(10_000), CacheMetrics(CollectorRegistry()))
         relay = Relay(store, NoPublisher())  # type: ignore[arg-type]
         service = HistoryService(store, cache, relay, instance="bench")
@@ -66,6 +67,7 @@ async def measure(concurrency: int, appends: int) -> tuple[float, float]:
                 command = AppendMessage(
                     user_id=session.user_id, session_id=session.id, job_id=uuid.uuid4(),
                     role="user", content="hello there",
+                    admission=Admission(revision=1, created_at=utcnow()),
                 )
                 assert (await service.append_message(command, META)).created
 
@@ -74,7 +76,7 @@ async def measure(concurrency: int, appends: int) -> tuple[float, float]:
                 await asyncio.gather(*(append(i) for i in range(start, start + concurrency)))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         finally:
-            await engine.dispose()
+            await store.sql.close()
     return appends / wall, cpu / appends * 1000
 
 

@@ -13,11 +13,12 @@ Kinds, in the order they run (each user has one session; ``--jobs`` jobs over
 ``--jobs / 4`` users, so the limits of the admission are checked, never hit):
 
 - ``append user``: ``AppendMessage(role="user", admission=...)``, the job's admission;
-- ``list messages (miss)`` / ``(hit)``: 20 newest messages of each session, the
-  agent's context read: first after the appends (cache miss), then again (hit);
+- ``list messages (miss)`` / ``(hit)``: the newest 16 to 23 messages of each session
+  (about the agent's context read; each page size is its own cache entry), first
+  after the appends (cache miss), then again (hit);
 - ``append assistant``: the reply of half of the jobs (ends them);
 - ``end job``: ``EndJob`` for the other half (``—`` where history does not serve it);
-- ``feed (miss)``: the first page of each user's feed;
+- ``feed (miss)``: the first page (16 to 23 messages) of each user's feed;
 - ``memory recall``: 20 memories of a user (the agent's recall), 20 seeded per user.
 
 Run (from the repository root)::
@@ -79,6 +80,7 @@ RESULTS = ROOT / "bench" / "results"
 TIMEOUT = 30.0
 CONTEXT = 20  # messages and memories the agent reads per job
 JOBS_PER_USER = 4
+LIMITS = range(CONTEXT - 4, CONTEXT + 4)  # page sizes read per session: 8 cache entries
 MAX_ACTIVE_JOBS = 8
 MAX_PER_MINUTE = 60
 
@@ -216,16 +218,16 @@ class Run:
             )
             return lambda: self.ask(subjects.HISTORY_MESSAGE_APPEND, body, MessageReply, user)
 
-        def listing(user: str) -> Callable[[], Awaitable[object]]:
-            body = ListMessages(user_id=user, session_id=sessions[user], limit=CONTEXT)
+        def listing(user: str, limit: int) -> Callable[[], Awaitable[object]]:
+            body = ListMessages(user_id=user, session_id=sessions[user], limit=limit)
             return lambda: self.ask(subjects.HISTORY_MESSAGE_LIST, body, MessagePage, user)
 
         def end(user: str, job: uuid.UUID) -> Callable[[], Awaitable[object]]:
             body = EndJob(user_id=user, job_id=job)
             return lambda: self.ask(subjects.HISTORY_JOB_END, body, JobEnded, user)
 
-        def feed(user: str) -> Callable[[], Awaitable[object]]:
-            body = ListFeed(user_id=user, limit=CONTEXT)
+        def feed(user: str, limit: int) -> Callable[[], Awaitable[object]]:
+            body = ListFeed(user_id=user, limit=limit)
             return lambda: self.ask(subjects.HISTORY_FEED, body, MessagePage, user)
 
         def recall(user: str) -> Callable[[], Awaitable[object]]:
@@ -233,13 +235,15 @@ class Run:
             return lambda: self.ask(subjects.MEMORY_RECALL, body, MemoryPage, user)
 
         replied, ended = self.job_ids[0::2], self.job_ids[1::2]
+        # Each page size is its own cache entry: the first read of each misses.
+        pages = [(u, limit) for limit in LIMITS for u in users]
         return [
             ("append user", "history", [append(u, j, "user") for u, j in self.job_ids]),
-            ("list messages (miss)", "history", [listing(u) for u in users]),
-            ("list messages (hit)", "history", [listing(u) for u in users]),
+            ("list messages (miss)", "history", [listing(u, n) for u, n in pages]),
+            ("list messages (hit)", "history", [listing(u, n) for u, n in pages]),
             ("append assistant", "history", [append(u, j, "assistant") for u, j in replied]),
             ("end job", "history", [end(u, j) for u, j in ended]),
-            ("feed (miss)", "history", [feed(u) for u in users]),
+            ("feed (miss)", "history", [feed(u, n) for u, n in pages]),
             ("memory recall", "memory", [recall(users[i % len(users)]) for i in range(self.jobs)]),
         ]
 

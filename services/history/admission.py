@@ -13,15 +13,15 @@ the model call and the report, an agent bug) stops holding a user's limit and
 a session's order after a day instead of forever.
 """
 
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
 from contracts import subjects
 from contracts.history import Admission, AppendMessage
+from services.history.batch import Facts, StoredMessage, Target
 from services.history.errors import Conflict, RateLimited, TooManyJobs
-from services.history.store import Facts, StoredMessage, Target
 
 JOB_HORIZON = timedelta(hours=24)
 # Refused for too many unfinished jobs: when one ends is unknown; a job takes seconds,
@@ -53,14 +53,10 @@ class Needs:
     senders: frozenset[str]  # with a limit on messages per minute
     probed: frozenset[UUID]  # sessions whose unfinished jobs matter (reject, interrupt)
 
-    @property
-    def any(self) -> bool:
-        """Tell whether anything must be read."""
-        return bool(self.users or self.senders or self.probed)
 
-
-def needs(appends: Iterable[AppendMessage], stored: Collection[tuple[UUID, str]]) -> Needs:
-    """Return the facts the user appends of a batch depend on."""
+def needs(appends: Iterable[AppendMessage]) -> Needs:
+    """Return the facts the user appends of a batch may depend on (repeats included: which
+    appends repeat is read under the locks these facts need)."""
     users: set[str] = set()
     senders: set[str] = set()
     probed: set[UUID] = set()
@@ -70,8 +66,6 @@ def needs(appends: Iterable[AppendMessage], stored: Collection[tuple[UUID, str]]
             continue
         if admission.multitask != "enqueue":
             probed.add(req.session_id)
-        if (req.job_id, req.role) in stored:
-            continue  # a repeat is answered as stored, never refused
         if admission.max_active_jobs:
             users.add(req.user_id)
         if admission.max_messages_per_minute:
@@ -82,7 +76,7 @@ def needs(appends: Iterable[AppendMessage], stored: Collection[tuple[UUID, str]]
 class Admissions:
     """Decide the admissions of one batch, in order, against facts read under its locks."""
 
-    def __init__(self, now: datetime, targets: dict[UUID, Target], facts: Facts | None) -> None:
+    def __init__(self, now: datetime, targets: dict[UUID, Target], facts: Facts) -> None:
         self.now = now
         horizon = now - JOB_HORIZON
         self.orders = {
@@ -96,10 +90,10 @@ class Admissions:
             )
             for sid, t in targets.items()
         }
-        self.unfinished: dict[str, set[UUID]] = facts.unfinished if facts else {}
+        self.unfinished = facts.unfinished
         # Newest first: the n-th newest message is the one whose leaving frees a place.
-        self.sent = {u: sorted(ts, reverse=True) for u, ts in (facts.sent if facts else {}).items()}
-        for sid, jobs in (facts.session_jobs if facts else {}).items():
+        self.sent = {u: sorted(ts, reverse=True) for u, ts in facts.sent.items()}
+        for sid, jobs in facts.session_jobs.items():
             if sid in self.orders:
                 self.orders[sid].jobs = dict(jobs)
 

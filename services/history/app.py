@@ -11,7 +11,7 @@ from contracts import subjects
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import CacheBackend, MemoryBackend, RedisBackend
 from services.history.config import Settings
-from services.history.models import DATABASE
+from services.history.models import DATABASE, SCHEMA
 from services.history.outbox import Publisher, Relay
 from services.history.service import HistoryService
 from services.history.store import Store
@@ -19,6 +19,7 @@ from services.history.subscribers import build_responder
 from services.runtime.bus import ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.sql import database
 from services.runtime.telemetry import Observability, Telemetry
 
 # Where history's outbox publishes (session events, chat jobs) and its dead letters go.
@@ -77,12 +78,13 @@ def create_app(
         settings, "history", observability.broker_middlewares(metrics=observability.served)
     )
     bus = observability.bus_client(broker, settings.bus_request_timeout)
-    engine = DATABASE.make_engine(
+    sql = database(
         settings.database_url,
+        schema=SCHEMA,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
-    store = Store(engine)
+    store = Store(sql)
     cache = make_cache(settings, registry)
     relay = make_relay(settings, store, bus)
     # The relay's timer leaves a just-admitted job to the publish after its commit this long.
@@ -100,6 +102,7 @@ def create_app(
     async def prepare() -> None:
         # Schema and streams exist before the first request is taken.
         await DATABASE.migrate(settings.database_url)
+        await sql.open()
         await broker.connect()
         await ensure_streams(broker, STREAMS)
 
@@ -121,7 +124,7 @@ def create_app(
     @app.after_shutdown
     async def close() -> None:
         await cache.aclose()
-        await engine.dispose()
+        await sql.close()
         await observability.stop()
 
     return app

@@ -2,11 +2,13 @@
 
 A burst of chat messages means a burst of appends. While one batch is being
 written, the appends that arrive wait in a queue; the next batch takes them all
-and writes them with one statement per kind: lock the sessions (with the state
-of each one's last job), find earlier copies, lock the users and read what
-admission needs (Postgres), insert the messages, advance the sessions, end the
-replied jobs, queue the admitted jobs' ``RequestChat`` in the outbox. An append
-that arrives alone is written at once, as a batch of one.
+and writes them in one transaction of three statements, whatever its size
+(:mod:`services.history.batch`): lock the users' admissions
+(Postgres) and the sessions; read the sessions' tails, earlier copies of the
+messages and what admission needs; then insert the messages, advance the
+sessions, end the replied jobs, queue the admitted jobs' ``RequestChat`` in the
+outbox and mark the jobs published since the last batch sent. An append that
+arrives alone is written at once, as a batch of one.
 
 Each append still gets its own answer: stored (with the job it follows and the
 jobs it interrupts), a duplicate of what its job stored before (also earlier in
@@ -25,6 +27,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 
@@ -33,8 +36,9 @@ from contracts.base import utcnow
 from contracts.chat import RequestChat
 from contracts.history import Admission, AppendMessage, MessageRecord, MessageReply
 from services.history.admission import JOB_HORIZON, RATE_WINDOW, Admissions, needs
+from services.history.batch import StoredMessage, load_batch, write_batch
 from services.history.errors import Conflict, DuplicateMessage, HistoryError, NotFound
-from services.history.store import Event, Store, StoredMessage, Tx
+from services.history.store import Event, Store, Tx
 from services.runtime.logging import spawn
 from services.runtime.meta import RequestMeta
 
@@ -44,6 +48,16 @@ RACE_ROUNDS = 3  # a batch of one that raced sees the winner's row on the next r
 
 Outcome = MessageReply | HistoryError
 Committed = Callable[[set[str], set[uuid.UUID], list[Event]], Awaitable[None]]
+
+
+class Marks(Protocol):
+    """Published outbox rows waiting to be marked sent (the relay): a batch marks them too."""
+
+    def take_sent(self) -> list[str]:
+        """Hand over the rows to mark."""
+
+    def keep_sent(self, msg_ids: Sequence[str]) -> None:
+        """Take back rows that were not marked."""
 
 
 @dataclass
@@ -61,10 +75,12 @@ class AppendBatcher:
         store: Store,
         committed: Committed,
         *,
+        marks: Marks | None = None,
         lease: float = 10.0,
         max_batch: int = MAX_BATCH,
     ) -> None:
         self.store = store
+        self.marks = marks
         # After each commit, before the answers: retire cache entries, publish the jobs.
         self.committed = committed
         # How long the relay's timer leaves an admitted job to the publish after the commit.
@@ -112,9 +128,15 @@ class AppendBatcher:
     async def _commit(self, batch: list[_Pending]) -> list[Outcome]:
         now = utcnow()
         self.batches += 1
-        async with self.store.write() as tx:
-            write = _Write(tx, now, self.lease)
-            outcomes = await write.run(batch)
+        sent = self.marks.take_sent() if self.marks else []
+        try:
+            async with self.store.write() as tx:
+                write = _Write(tx, now, self.lease)
+                outcomes = await write.run(batch, sent)
+        except BaseException:
+            if self.marks:
+                self.marks.keep_sent(sent)
+            raise
         await self.committed(write.users, write.sessions, write.events)
         if len(batch) > 1:
             log.debug("appends written together", appends=len(batch), stored=len(write.records))
@@ -137,20 +159,16 @@ class _Write:
         self.users: set[str] = set()
         self.sessions: set[uuid.UUID] = set()
 
-    async def run(self, batch: Sequence[_Pending]) -> list[Outcome]:
+    async def run(self, batch: Sequence[_Pending], sent: Sequence[str]) -> list[Outcome]:
         tx, now = self.tx, self.now
         # Locked in id order, so concurrent batches never wait on each other in a cycle;
         # the locks order appends against a concurrent archive of the session.
-        targets = await tx.lock_targets({p.req.session_id for p in batch})
-        stored = await tx.job_messages({p.req.job_id for p in batch})
-        wanted = needs((p.req for p in batch), stored)
-        facts = None
-        if wanted.any:
-            await tx.lock_users(wanted.users | wanted.senders)
-            facts = await tx.admission_facts(
-                wanted.users, wanted.senders, wanted.probed,
-                horizon=now - JOB_HORIZON, since=now - RATE_WINDOW,
-            )
+        wanted = needs(p.req for p in batch)
+        targets, stored, facts = await load_batch(
+            tx, {p.req.session_id for p in batch}, {p.req.job_id for p in batch},
+            users=wanted.users | wanted.senders, senders=wanted.senders, probed=wanted.probed,
+            horizon=now - JOB_HORIZON, since=now - RATE_WINDOW,
+        )
         admissions = Admissions(now, targets, facts)
         outcomes: list[Outcome] = []
         for pending in batch:
@@ -170,10 +188,10 @@ class _Write:
                     continue
                 stored[(req.job_id, req.role)] = StoredMessage(record, reply.follows)
                 outcomes.append(reply)
-        await tx.insert_messages(self.records, self.follows)
-        await tx.advance_sessions(self.added, self.tails, now)
-        await tx.end_jobs(self.ended, now)
-        await tx.add_events(self.events)
+        await write_batch(
+            tx, self.records, self.follows, self.added, self.tails, self.ended, self.events, sent,
+            now,
+        )
         return outcomes
 
     def _store(

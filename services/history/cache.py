@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from services.history.cache_backends import CacheBackend, VersionKey
+from services.history.cache_backends import CacheBackend, VersionKey, entry_key
 from services.runtime.logging import spawn
 
 M = TypeVar("M", bound=BaseModel)
@@ -110,16 +110,28 @@ class Cache:
             self.metrics.fallbacks.labels(kind).inc()
             return await load()
         scope = self._session_key(session_id) if session_id else self._user_key(user_id)
+        prefix = f"{self.namespace}:e:{kind}:"
+        digest = _digest([user_id, str(session_id), params])
         try:
-            versions = await self._guard(
-                lambda: self.backend.versions([(self._epoch_key(), None), scope])
+            versions, raw = await self._guard(
+                lambda: self.backend.lookup([(self._epoch_key(), None), scope], prefix, digest)
             )
         except Unavailable:
             self.metrics.fallbacks.labels(kind).inc()
             return await load()
-        digest = _digest([user_id, str(session_id), params])
-        key = f"{self.namespace}:e:{kind}:{versions[0]}.{versions[1]}:{digest}"
-        return await self._single(key, lambda: self._read_through(kind, key, model, load))
+        key = entry_key(prefix, versions, digest)
+        if raw is not None:
+            try:
+                value = model.model_validate_json(raw)
+            except ValidationError:
+                # Never served: dropped and read again from the database.
+                self.metrics.corrupt.inc()
+                self.log.warning("dropped a cache entry that failed to decode", kind=kind)
+                await self._quietly(lambda: self.backend.delete(key))
+            else:
+                self.metrics.hits.labels(kind).inc()
+                return value
+        return await self._single(key, lambda: self._load(kind, key, load))
 
     async def invalidate(self, user_id: str, session_ids: Iterable[UUID] = ()) -> None:
         """Retire the entries of a user's lists and of the given sessions; never raise."""
@@ -146,25 +158,7 @@ class Cache:
             await asyncio.gather(self._probe, return_exceptions=True)
         await self.backend.aclose()
 
-    async def _read_through(
-        self, kind: str, key: str, model: type[M], load: Callable[[], Awaitable[M]]
-    ) -> M:
-        try:
-            raw = await self._guard(lambda: self.backend.get(key))
-        except Unavailable:
-            self.metrics.fallbacks.labels(kind).inc()
-            return await load()
-        if raw is not None:
-            try:
-                value = model.model_validate_json(raw)
-            except ValidationError:
-                # Never served: dropped and read again from the database.
-                self.metrics.corrupt.inc()
-                self.log.warning("dropped a cache entry that failed to decode", kind=kind)
-                await self._quietly(lambda: self.backend.delete(key))
-            else:
-                self.metrics.hits.labels(kind).inc()
-                return value
+    async def _load(self, kind: str, key: str, load: Callable[[], Awaitable[M]]) -> M:
         self.metrics.misses.labels(kind).inc()
         value = await load()
         if self.state is State.UP:

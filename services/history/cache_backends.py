@@ -3,6 +3,11 @@
 A version counter that does not exist yet is seeded with a random 62-bit
 number rather than 0, so a counter that expired, was evicted or was lost in a
 Redis restart never comes back to a value that still names old entries.
+
+On Redis a read is one round trip and so is a write's bump: two small Lua
+scripts (the entry's key is made of the counters the script reads, so the
+script builds it; one Redis, not a cluster, runs them). Each Redis command
+costs this process about 70 µs of CPU in the client.
 """
 
 import secrets
@@ -17,6 +22,37 @@ from redis.backoff import NoBackoff
 
 # (key, ttl in seconds or None for a counter that never expires)
 VersionKey = tuple[str, int | None]
+# KEYS: the counters an entry depends on; ARGV: the entry key's prefix, its digest.
+# Returns the counters as stored and the entry (nil unless every counter is a number).
+LOOKUP = """
+local versions = redis.call('MGET', unpack(KEYS))
+for _, v in ipairs(versions) do
+  if not v or not tonumber(v) then
+    versions[#versions + 1] = false
+    return versions
+  end
+end
+local entry = ARGV[1] .. table.concat(versions, '.') .. ':' .. ARGV[2]
+versions[#versions + 1] = redis.call('GET', entry)
+return versions
+"""
+# KEYS: counters; ARGV: a seed and a ttl ('' for none) per counter. Overwrites only a
+# missing counter with its seed (NX), then adds one and renews the ttl.
+BUMP = """
+for i, key in ipairs(KEYS) do
+  local ttl = ARGV[2 * i]
+  if ttl == '' then
+    redis.call('SET', key, ARGV[2 * i - 1], 'NX')
+  else
+    redis.call('SET', key, ARGV[2 * i - 1], 'NX', 'EX', ttl)
+  end
+  redis.call('INCR', key)
+  if ttl ~= '' then
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+return 0
+"""
 
 
 def seed() -> int:
@@ -24,8 +60,18 @@ def seed() -> int:
     return secrets.randbits(62)
 
 
+def entry_key(prefix: str, versions: Sequence[int], digest: str) -> str:
+    """Name the entry of ``digest`` under these counters."""
+    return f"{prefix}{'.'.join(str(v) for v in versions)}:{digest}"
+
+
 class CacheBackend(Protocol):
     """Key-value operations the cache needs; a failing call raises."""
+
+    async def lookup(
+        self, keys: Sequence[VersionKey], prefix: str, digest: str
+    ) -> tuple[list[int], bytes | None]:
+        """Return the counters (seeding the missing ones) and the entry they name, if any."""
 
     async def versions(self, keys: Sequence[VersionKey]) -> list[int]:
         """Return the counters, seeding the missing ones."""
@@ -59,6 +105,19 @@ class RedisBackend:
         )
         # No client-side retries: a failed call falls back to the database at once.
         self.redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self._lookup = self.redis.register_script(LOOKUP)
+        self._bump = self.redis.register_script(BUMP)
+
+    async def lookup(
+        self, keys: Sequence[VersionKey], prefix: str, digest: str
+    ) -> tuple[list[int], bytes | None]:
+        """Return the counters and the entry they name, in one round trip (two more to seed)."""
+        found: list[Any] = await self._lookup(keys=[key for key, _ in keys], args=[prefix, digest])
+        *raw, entry = found
+        if all(_is_int(value) for value in raw):
+            return [int(value) for value in raw], _bytes(entry)
+        versions = await self.versions(keys)
+        return versions, await self.get(entry_key(prefix, versions, digest))
 
     async def versions(self, keys: Sequence[VersionKey]) -> list[int]:
         """Return the counters, seeding the missing ones (two round trips at most)."""
@@ -78,20 +137,14 @@ class RedisBackend:
 
     async def bump(self, keys: Sequence[VersionKey]) -> None:
         """Seed the missing counters and add one to each, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key, ttl in keys:
-            pipe.set(key, seed(), ex=ttl, nx=True)
-            pipe.incr(key)
-            if ttl is not None:
-                pipe.expire(key, ttl)
-        await pipe.execute()
+        args: list[Any] = []
+        for _, ttl in keys:
+            args += [seed(), "" if ttl is None else ttl]
+        await self._bump(keys=[key for key, _ in keys], args=args)
 
     async def get(self, key: str) -> bytes | None:
         """Return a stored value, or None."""
-        value = await self.redis.get(key)
-        if value is None or isinstance(value, bytes):
-            return value
-        return str(value).encode()
+        return _bytes(await self.redis.get(key))
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
         """Store a value for ``ttl`` seconds."""
@@ -106,6 +159,12 @@ class RedisBackend:
         await self.redis.aclose(close_connection_pool=True)
 
 
+def _bytes(value: object) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
 def _is_int(value: object) -> bool:
     try:
         int(value)  # type: ignore[call-overload]  # bytes or None from Redis
@@ -116,6 +175,13 @@ def _is_int(value: object) -> bool:
 
 class MemoryBackend:
     """An LRU of bounded size in this process: correct only while one replica runs."""
+
+    async def lookup(
+        self, keys: Sequence[VersionKey], prefix: str, digest: str
+    ) -> tuple[list[int], bytes | None]:
+        """Return the counters (seeding the missing ones) and the entry they name, if any."""
+        versions = await self.versions(keys)
+        return versions, await self.get(entry_key(prefix, versions, digest))
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries

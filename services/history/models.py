@@ -125,6 +125,7 @@ Index(
 Index(
     "ix_messages_session_unfinished",
     messages.c.session_id,
+    messages.c.created_at,
     postgresql_where=UNFINISHED,
     sqlite_where=UNFINISHED,
 )

@@ -24,19 +24,25 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
-from sqlalchemy import bindparam, delete, or_, select, update
 
 from contracts import subjects
 from contracts.base import Contract, utcnow
 from contracts.chat import RequestChat
 from contracts.history import SessionRecord
 from contracts.sessions import SessionArchived, SessionDeleted
-from services.history.models import outbox
+from services.history.statements import (
+    CLAIM,
+    FAILED_SEQS,
+    MARK_SENT,
+    PRUNE,
+    RELEASE,
+    RELEASE_SEQS,
+    SENT_SEQS,
+)
 from services.history.store import Event, Store
-from services.runtime.database import UTCDateTime
 from services.runtime.logging import spawn
 from services.runtime.meta import RequestMeta
 
@@ -51,12 +57,10 @@ ROUTES: dict[str, tuple[str, type[Contract]]] = {
 BATCH = 100
 LEASE = timedelta(seconds=30)
 PRUNE_EVERY = 60.0
-MARK_DELAY = 0.05  # rows published at once are marked sent this much later, many together
-SENT = (
-    update(outbox)
-    .where(outbox.c.msg_id.in_(bindparam("ids", expanding=True)))
-    .values(sent_at=bindparam("at", type_=UTCDateTime), claimed_until=None)
-)
+# Rows published at once are marked sent by the next append's transaction, or after this
+# long without one, many together.
+MARK_DELAY = 0.2
+
 
 
 class Publisher(Protocol):
@@ -147,9 +151,9 @@ class Relay:
         self._task = self._marker = None
 
     async def settle(self) -> None:
-        """Wait for the announcements in flight, then record their outcome (tests, stop)."""
-        while self._announcing:
-            await asyncio.gather(*self._announcing, return_exceptions=True)
+        """Wait for the announcements in flight now, then record their outcome (stop, tests)."""
+        if self._announcing:
+            await asyncio.gather(*list(self._announcing), return_exceptions=True)
         await self.flush_marks()
 
     async def _announce(self, events: Sequence[Event]) -> None:
@@ -168,6 +172,15 @@ class Relay:
         self._note(error)
         self._marks.set()
 
+    def take_sent(self) -> list[str]:
+        """Hand over the published rows not yet marked, for a transaction to mark them sent."""
+        sent, self._sent = self._sent, []
+        return sent
+
+    def keep_sent(self, msg_ids: Sequence[str]) -> None:
+        """Take back rows a transaction did not mark after all (it rolled back)."""
+        self._sent.extend(msg_ids)
+
     async def _mark_loop(self) -> None:
         while True:
             await self._marks.wait()
@@ -185,16 +198,12 @@ class Relay:
         if not sent and not unsent:
             return
         now = utcnow()
-        async with self.store.write() as tx:
+        async with self.store.sql.write() as tx:
             if sent:
-                await tx.conn.execute(SENT, {"ids": sent, "at": now})
-            for msg_id, error in unsent:
+                await tx.execute(MARK_SENT, sent, now)
+            if unsent:
                 # Released at once, so the next tick retries instead of waiting out the lease.
-                await tx.conn.execute(
-                    update(outbox)
-                    .where(outbox.c.msg_id == msg_id)
-                    .values(claimed_until=None, attempts=outbox.c.attempts + 1, last_error=error)
-                )
+                await tx.executemany(RELEASE, unsent)
         if unsent:
             self.wake()
 
@@ -246,7 +255,6 @@ class Relay:
 
     async def drain(self) -> int:
         """Publish pending rows until none is left or the bus fails; return how many."""
-        await self.settle()
         published = 0
         while True:
             rows = await self._claim()
@@ -259,33 +267,14 @@ class Relay:
 
     async def prune(self) -> int:
         """Delete rows sent longer ago than the retention."""
-        async with self.store.write() as tx:
-            result = await tx.conn.execute(
-                delete(outbox).where(outbox.c.sent_at < utcnow() - self.retention)
-            )
-        return int(result.rowcount or 0)
+        async with self.store.sql.write() as tx:
+            return await tx.execute(PRUNE, utcnow() - self.retention)
 
     async def _claim(self) -> list[Pending]:
         now = utcnow()
-        async with self.store.write() as tx:
-            query = (
-                select(outbox)
-                .where(
-                    outbox.c.sent_at.is_(None),
-                    or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
-                )
-                .order_by(outbox.c.seq)
-                .limit(BATCH)
-                .with_for_update(skip_locked=True)
-            )
-            rows = (await tx.conn.execute(query)).mappings().all()
-            if rows:
-                await tx.conn.execute(
-                    update(outbox)
-                    .where(outbox.c.seq.in_([row["seq"] for row in rows]))
-                    .values(claimed_until=now + self.lease)
-                )
-        return [Pending(**{k: row[k] for k in Pending.__dataclass_fields__}) for row in rows]
+        async with self.store.sql.write() as tx:
+            rows = await tx.fetch(CLAIM, now, now + self.lease, BATCH)
+        return sorted((Pending(*row) for row in rows), key=lambda p: p.seq)
 
     async def _publish(self, rows: list[Pending]) -> list[int]:
         sent: list[int] = []
@@ -304,18 +293,14 @@ class Relay:
         return sent
 
     async def _finish(self, sent: list[int], unsent: list[int], error: str | None) -> None:
-        now = utcnow()
-        async with self.store.write() as tx:
+        async with self.store.sql.write() as tx:
             if sent:
-                await tx.conn.execute(
-                    update(outbox).where(outbox.c.seq.in_(sent)).values(sent_at=now)
-                )
-            if unsent:
+                await tx.execute(SENT_SEQS, sent, utcnow())
+            if unsent and error is None:
+                await tx.execute(RELEASE_SEQS, unsent)
+            elif unsent:
                 # Released at once, so the next tick retries instead of waiting out the lease.
-                values: dict[str, Any] = {"claimed_until": None}
-                if error is not None:
-                    values.update(attempts=outbox.c.attempts + 1, last_error=error)
-                await tx.conn.execute(update(outbox).where(outbox.c.seq.in_(unsent)).values(values))
+                await tx.execute(FAILED_SEQS, unsent, error)
 
 
 def archived_event(session: SessionRecord) -> tuple[str, str, Contract]:

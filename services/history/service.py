@@ -41,7 +41,6 @@ from services.history.errors import (
 from services.history.outbox import archived_event, deleted_event
 from services.history.store import Event, Store, Tx
 from services.runtime.cursor import MalformedCursor, Position, decode_cursor, encode_cursor
-from services.runtime.database import unreachable
 from services.runtime.meta import RequestMeta
 
 log = structlog.get_logger("chatbus.history")
@@ -61,6 +60,12 @@ class Outbox(Protocol):
     def announce(self, events: Sequence[Event]) -> None:
         """Publish these just-committed events now, from memory."""
 
+    def take_sent(self) -> list[str]:
+        """Hand over the published rows not yet marked sent."""
+
+    def keep_sent(self, msg_ids: Sequence[str]) -> None:
+        """Take back rows that were not marked."""
+
 
 class HistoryService:
     """Serve the history requests: reads through the cache, writes with outbox events."""
@@ -72,12 +77,12 @@ class HistoryService:
         self.cache = cache
         self.outbox = outbox
         self.instance = instance
-        self.appends = AppendBatcher(store, self._appended, lease=lease)
+        self.appends = AppendBatcher(store, self._appended, marks=outbox, lease=lease)
 
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""
         # A readiness probe, asked every few seconds: refused with no stack trace per probe.
-        if (why := await unreachable(self.store.engine)) is not None:
+        if (why := await self.store.sql.unreachable()) is not None:
             raise Unavailable(why)
         return Pong(service="history", instance=self.instance)
 

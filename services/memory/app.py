@@ -12,13 +12,14 @@ from contracts.history import MessageRecord
 from services.memory.bus import BusEvents, BusHistory
 from services.memory.config import Settings
 from services.memory.llm import OpenAIExtractor
-from services.memory.models import DATABASE
+from services.memory.models import DATABASE, SCHEMA
 from services.memory.service import MemoryService
 from services.memory.store import Store
 from services.memory.subscribers import build_responder, build_router, consumer_config
 from services.runtime.bus import ensure_streams, make_broker
 from services.runtime.deadletter import DeadLetterPublisher
 from services.runtime.metrics import LLMMetrics
+from services.runtime.sql import database
 from services.runtime.telemetry import Observability, Telemetry
 
 log = structlog.get_logger("chatbus.memory")
@@ -65,14 +66,15 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
         settings, "memory", observability.broker_middlewares(metrics=observability.served)
     )
     bus = observability.bus_client(broker, settings.bus_request_timeout)
-    engine = DATABASE.make_engine(
+    sql = database(
         settings.database_url,
+        schema=SCHEMA,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
     extractor = OpenAIExtractor(settings, on_usage=llm_metrics.record_usage)
     service = MemoryService(
-        Store(engine),
+        Store(sql),
         BusHistory(bus, settings.bus_request_timeout),
         ObservedExtractor(extractor, llm_metrics),
         BusEvents(bus, settings.event_publish_timeout),
@@ -91,6 +93,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     async def prepare() -> None:
         # Schema, streams and consumers exist before the first message is taken.
         await DATABASE.migrate(settings.database_url)
+        await sql.open()
         await broker.connect()
         await ensure_streams(broker, STREAMS)
         await ensure_consumers(broker, settings)
@@ -115,7 +118,7 @@ def create_app(settings: Settings, telemetry: Telemetry | None = None) -> FastSt
     @app.after_shutdown
     async def close() -> None:
         await extractor.close()
-        await engine.dispose()
+        await sql.close()
         await observability.stop()
 
     return app

@@ -25,7 +25,6 @@ from services.memory.errors import AlreadyProcessed, InvalidInput, NotFound, Una
 from services.memory.models import STORED
 from services.memory.store import Store
 from services.runtime.cursor import MalformedCursor, Position, decode_cursor, encode_cursor
-from services.runtime.database import unreachable
 from services.runtime.heartbeat import beating
 from services.runtime.meta import RequestMeta
 
@@ -91,7 +90,7 @@ class MemoryService:
     async def ping(self, _: Ping, __: RequestMeta) -> Pong:
         """Answer that this replica is alive and reaches its database."""
         # A readiness probe, asked every few seconds: refused with no stack trace per probe.
-        if (why := await unreachable(self.store.engine)) is not None:
+        if (why := await self.store.sql.unreachable()) is not None:
             raise Unavailable(why)
         return Pong(service="memory", instance=self.instance)
 

@@ -1,4 +1,9 @@
-"""Persistence of memories and processed sessions: queries only, no rules."""
+"""Persistence of memories and processed sessions: queries only, no rules.
+
+Every statement is a template of :mod:`services.runtime.sql` (asyncpg on
+Postgres, sqlite3 threads on SQLite); the tables are declared in
+:mod:`services.memory.models` and created by its migrations.
+"""
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -7,22 +12,37 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import delete, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from contracts.memory import MemoryRecord
 from services.memory.errors import AlreadyProcessed
-from services.memory.models import (
-    ANNOUNCED,
-    DATABASE,
-    DELETED,
-    STORED,
-    memories,
-    processed_sessions,
-)
+from services.memory.models import ANNOUNCED, DELETED, STORED
 from services.runtime.cursor import Position
+from services.runtime.sql import IntegrityError, Row, Sql, time_of, uuid_of
+from services.runtime.sql import Tx as SqlTx
+
+MEMORY = "id, user_id, session_id, persona, content, created_at"
+PROCESSED = (
+    "SELECT session_id, status, memory_count, processed_at FROM {s}.processed_sessions "
+    "WHERE session_id = $1"
+)
+RECORD = (
+    "INSERT INTO {s}.processed_sessions (session_id, status, memory_count, processed_at) "
+    "VALUES ($1, $2, $3, $4)"
+)
+ANNOUNCE = (
+    f"UPDATE {{s}}.processed_sessions SET status = '{ANNOUNCED}' "
+    f"WHERE session_id = $1 AND status = '{STORED}'"
+)
+INSERT_MEMORY = f"INSERT INTO {{s}}.memories ({MEMORY}) VALUES ($1, $2, $3, $4, $5, $6)"
+SESSION_MEMORIES = (
+    "SELECT id FROM {s}.memories WHERE session_id = $1 ORDER BY created_at, id"
+)
+DELETE_MEMORY = "DELETE FROM {s}.memories WHERE id = $1 AND user_id = $2"
+TOMBSTONE = (
+    "INSERT INTO {s}.processed_sessions (session_id, status, memory_count, processed_at) "
+    f"VALUES ($1, '{DELETED}', 0, $2) ON CONFLICT (session_id) DO UPDATE "
+    f"SET status = '{DELETED}', memory_count = 0, processed_at = $2"
+)
+FORGET = "DELETE FROM {s}.memories WHERE session_id = $1"
 
 
 @dataclass(frozen=True)
@@ -38,74 +58,61 @@ class Processed:
 class Store:
     """Open read or write transactions on the memory database."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, sql: Sql) -> None:
+        self.sql = sql
+        self.postgres = sql.dialect == "postgresql"
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator["Tx"]:
-        """Run queries in one read transaction."""
-        async with self.engine.begin() as conn:
-            yield Tx(conn)
+        """Run queries that need no snapshot of their own (each sees the latest commit)."""
+        async with self.sql.read() as tx:
+            yield Tx(tx, self.postgres)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator["Tx"]:
         """Run queries in one write transaction, committed when the block exits cleanly."""
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(**{DATABASE.write_option: True})
-            async with conn.begin():
-                yield Tx(conn)
+        async with self.sql.write() as tx:
+            yield Tx(tx, self.postgres)
 
 
 class Tx:
     """The queries of one transaction."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
+    def __init__(self, tx: SqlTx, postgres: bool) -> None:
+        self.tx = tx
+        self.postgres = postgres
 
     async def processed(self, session_id: UUID) -> Processed | None:
         """Return the record of a handled session, if any."""
-        query = select(processed_sessions).where(processed_sessions.c.session_id == session_id)
-        row = (await self.conn.execute(query)).mappings().first()
-        return Processed(**row) if row else None
+        rows = await self.tx.fetch(PROCESSED, session_id)
+        if not rows:
+            return None
+        sid, status, count, at = rows[0]
+        return Processed(uuid_of(sid), status, count, time_of(at))
 
     async def record_processed(self, session_id: UUID, memory_count: int, at: datetime) -> None:
         """Record a session as stored, or raise :class:`AlreadyProcessed` if it is recorded."""
         try:
-            await self.conn.execute(
-                insert(processed_sessions).values(
-                    session_id=session_id,
-                    status=STORED,
-                    memory_count=memory_count,
-                    processed_at=at,
-                )
-            )
+            await self.tx.execute(RECORD, session_id, STORED, memory_count, at)
         except IntegrityError as exc:
             raise AlreadyProcessed(session_id) from exc
 
     async def mark_announced(self, session_id: UUID) -> None:
         """Note that a stored session's event was published."""
-        await self.conn.execute(
-            update(processed_sessions)
-            .where(
-                processed_sessions.c.session_id == session_id, processed_sessions.c.status == STORED
-            )
-            .values(status=ANNOUNCED)
-        )
+        await self.tx.execute(ANNOUNCE, session_id)
 
     async def insert_memories(self, records: Sequence[MemoryRecord]) -> None:
         """Insert memories."""
         if records:
-            rows = [record.model_dump(exclude={"schema_version"}) for record in records]
-            await self.conn.execute(insert(memories), rows)
+            await self.tx.executemany(
+                INSERT_MEMORY,
+                [(r.id, r.user_id, r.session_id, r.persona, r.content, r.created_at)
+                 for r in records],
+            )
 
     async def session_memory_ids(self, session_id: UUID) -> list[UUID]:
         """Return the ids of a session's memories, oldest first."""
-        query = (
-            select(memories.c.id)
-            .where(memories.c.session_id == session_id)
-            .order_by(memories.c.created_at, memories.c.id)
-        )
-        return list((await self.conn.execute(query)).scalars().all())
+        return [uuid_of(row[0]) for row in await self.tx.fetch(SESSION_MEMORIES, session_id)]
 
     async def recall(
         self,
@@ -117,47 +124,44 @@ class Tx:
         limit: int,
     ) -> list[MemoryRecord]:
         """Return up to ``limit`` of the user's memories older than ``after``, newest first."""
-        stmt = select(memories).where(memories.c.user_id == user_id)
+        where, args = ["user_id = $1"], list[Any]([user_id])
         if persona is not None:
-            stmt = stmt.where(memories.c.persona == persona)
+            args.append(persona)
+            where.append(f"persona = ${len(args)}")
         if query:
-            # ILIKE on Postgres, lower() LIKE lower() on SQLite; % and _ match themselves.
-            stmt = stmt.where(memories.c.content.icontains(query, autoescape=True))
+            # A plain substring, ignoring case: % and _ match themselves.
+            escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            args.append(f"%{escaped}%")
+            n = len(args)
+            where.append(
+                f"content ILIKE ${n} ESCAPE '\\'" if self.postgres
+                else f"lower(content) LIKE lower(${n}) ESCAPE '\\'"
+            )
         if after is not None:
             # A row-value comparison is an index bound on both backends.
-            stmt = stmt.where(
-                tuple_(memories.c.created_at, memories.c.id) < (after.created_at, after.id)
-            )
-        stmt = stmt.order_by(memories.c.created_at.desc(), memories.c.id.desc()).limit(limit)
-        rows = (await self.conn.execute(stmt)).mappings().all()
-        return [MemoryRecord.model_validate(dict(row)) for row in rows]
+            args += [after.created_at, after.id]
+            where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+        args.append(limit)
+        template = (
+            f"SELECT {MEMORY} FROM {{s}}.memories WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+        )
+        return [_memory(row) for row in await self.tx.fetch(template, *args)]
 
     async def delete_memory(self, user_id: str, memory_id: UUID) -> bool:
         """Delete one memory of the user; tell whether it existed."""
-        result = await self.conn.execute(
-            delete(memories).where(memories.c.id == memory_id, memories.c.user_id == user_id)
-        )
-        return bool(result.rowcount)
+        return bool(await self.tx.execute(DELETE_MEMORY, memory_id, user_id))
 
     async def forget_session(self, session_id: UUID, at: datetime) -> int:
         """Delete a session's memories and leave a tombstone; return how many went."""
         # The tombstone first: on Postgres it waits for a concurrent store of the session to
         # commit, so the delete below sees (and removes) the memories that store wrote.
-        values: dict[str, Any] = {
-            "session_id": session_id,
-            "status": DELETED,
-            "memory_count": 0,
-            "processed_at": at,
-        }
-        dialect = postgresql if self.conn.dialect.name == "postgresql" else sqlite
-        upsert = dialect.insert(processed_sessions).values(**values)
-        await self.conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[processed_sessions.c.session_id],
-                set_={"status": DELETED, "memory_count": 0, "processed_at": at},
-            )
-        )
-        result = await self.conn.execute(
-            delete(memories).where(memories.c.session_id == session_id)
-        )
-        return int(result.rowcount or 0)
+        await self.tx.execute(TOMBSTONE, session_id, at)
+        return await self.tx.execute(FORGET, session_id)
+
+
+def _memory(row: Row) -> MemoryRecord:
+    return MemoryRecord(
+        id=uuid_of(row[0]), user_id=row[1], session_id=uuid_of(row[2]), persona=row[3],
+        content=row[4], created_at=time_of(row[5]),
+    )

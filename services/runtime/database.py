@@ -227,6 +227,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+
 async def unreachable(engine: AsyncEngine) -> str | None:
     """Run the cheapest query there is; return why the database did not answer, or None."""
     try:

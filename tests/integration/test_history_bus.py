@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from faststream.nats import NatsBroker
 from nats.js.api import RawStreamMsg
-from sqlalchemy import func, select
 
 from contracts import subjects
 from contracts.base import Ping, Pong
@@ -37,14 +36,19 @@ from contracts.history import (
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.app import create_app
 from services.history.config import Settings
-from services.history.models import DATABASE, outbox
+from services.history.models import DATABASE
 from services.history.outbox import Relay
-from services.history.store import Store
 from services.launcher.natsserver import NatsServer
 from services.runtime.bus import BusClient, ensure_streams, make_broker
 from services.runtime.meta import RequestMeta
 from tests.streams import eventually, stream_messages_at
-from tests.unit.test_history_service import META, RecordingPublisher, admission, build_service
+from tests.unit.test_history_service import (
+    META,
+    RecordingPublisher,
+    admission,
+    build_service,
+    store_at,
+)
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -225,8 +229,7 @@ async def test_an_event_committed_while_the_bus_is_down_is_published_once_later(
     broker = make_broker(Settings(nats_url=server.url), "history-test")
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
     await DATABASE.migrate(url)
-    engine = DATABASE.make_engine(url)
-    store = Store(engine)
+    store = store_at(url)
     relay = Relay(store, BusClient(broker, 1.0), interval=0.2, publish_timeout=0.5)
     service = build_service(store, RecordingPublisher())
     service.outbox = relay
@@ -264,7 +267,7 @@ async def test_an_event_committed_while_the_bus_is_down_is_published_once_later(
         await relay.stop()
         await broker.stop()
         await service.cache.aclose()
-        await engine.dispose()
+        await store.sql.close()
         server.stop()
 
 
@@ -343,8 +346,7 @@ async def test_a_job_is_in_the_stream_exactly_once_whatever_dies_when(
     broker = make_broker(Settings(nats_url=clean_nats), "history-test")
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
     await DATABASE.migrate(url)
-    engine = DATABASE.make_engine(url)
-    store = Store(engine)
+    store = store_at(url)
     bus = BusClient(broker, TIMEOUT)
     dying = build_service(store, RecordingPublisher())
     dying.outbox = death(store, bus)
@@ -372,11 +374,10 @@ async def test_a_job_is_in_the_stream_exactly_once_whatever_dies_when(
         )
         assert len(jobs) == 1
         assert (jobs[0].headers or {})["Nats-Msg-Id"] == str(append.job_id)
-        async with store.read() as tx:
-            unsent = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-            assert (await tx.conn.execute(unsent)).scalar_one() == 0
+        unsent = "SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL"
+        assert (await store.sql.fetch(unsent))[0][0] == 0
     finally:
         await later.stop()
         await broker.stop()
         await dying.cache.aclose()
-        await engine.dispose()
+        await store.sql.close()

@@ -28,12 +28,11 @@ from services.history.errors import NotFound
 from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
-from services.history.store import Store
 from services.launcher.natsserver import free_port, wait_for_port
 from tests.databases import BACKENDS
 from tests.integration.test_history_database import DB
 from tests.unit.test_history_cache import RecordingLogger, count_queries, sample
-from tests.unit.test_history_service import META, RecordingPublisher, _append, _create
+from tests.unit.test_history_service import META, RecordingPublisher, _append, _create, store_at
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +111,7 @@ async def replicas(
             redis_retry_interval=0.05,
         )
         registry, log = CollectorRegistry(), RecordingLogger()
-        store = Store(DATABASE.make_engine(database_url))
+        store = store_at(database_url)
         cache = make_cache(settings, registry, log)
         service = HistoryService(
             store, cache, Relay(store, RecordingPublisher()), instance=f"r{len(built)}"
@@ -123,7 +122,7 @@ async def replicas(
     yield build
     for replica in built:
         await replica.service.cache.aclose()
-        await replica.service.store.engine.dispose()
+        await replica.service.store.sql.close()
 
 
 def _namespace() -> str:
@@ -186,7 +185,7 @@ async def test_concurrent_misses_query_once_and_corrupt_entries_are_reread(
     svc = replica.service
     session = await _create(svc)
     await _append(svc, session, content="hello")
-    queries = count_queries(svc.store.engine, "messages")
+    queries = count_queries(svc.store, "messages")
     request = ListMessages(user_id="alice", session_id=session.id)
 
     pages = await asyncio.gather(*(svc.list_messages(request, META) for _ in range(50)))

@@ -28,6 +28,7 @@ from tests.unit.test_history_admission import (  # noqa: F401  (collected again 
     test_messages_per_minute_are_refused_until_the_oldest_leaves_the_window,
     test_reject_refuses_while_the_session_has_an_unfinished_job,
     test_too_many_unfinished_jobs_are_refused_and_nothing_is_stored,
+    test_two_replicas_appending_to_one_session_keep_one_order,
     test_two_replicas_at_the_limit_admit_exactly_the_limit,
 )
 from tests.unit.test_history_cache import (  # noqa: F401  (collected again here)

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
 
 from contracts import subjects
 from contracts.base import utcnow
@@ -17,7 +16,6 @@ from contracts.chat import RequestChat
 from contracts.history import DeleteSession, EndJob, MessageReply, SessionRecord
 from services.history.admission import JOBS_RETRY_AFTER
 from services.history.errors import Conflict, HistoryError, RateLimited, TooManyJobs
-from services.history.models import DATABASE, messages, outbox
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
@@ -33,6 +31,7 @@ from tests.unit.test_history_service import (  # noqa: F401  (fixtures)
     publisher_fixture,
     relay_fixture,
     service_fixture,
+    store_at,
 )
 
 
@@ -49,9 +48,9 @@ async def _refused(call: Any) -> HistoryError:
     return refused.value
 
 
-async def _count(store: Store, table: Any) -> int:
-    async with store.read() as tx:
-        return int((await tx.conn.execute(select(func.count()).select_from(table))).scalar_one())
+async def _count(store: Store, table: str, where: str = "") -> int:
+    [[count]] = await store.sql.fetch(f"SELECT count(*) FROM {{s}}.{table} {where}")
+    return int(count)
 
 
 async def test_too_many_unfinished_jobs_are_refused_and_nothing_is_stored(
@@ -60,13 +59,13 @@ async def test_too_many_unfinished_jobs_are_refused_and_nothing_is_stored(
     one, two = await _create(service, persona="a"), await _create(service, persona="b")
     first = await _user(service, one, max_active_jobs=2)
     await _user(service, two, max_active_jobs=2)  # the limit is the user's, across sessions
-    stored, events = await _count(service.store, messages), await _count(service.store, outbox)
+    stored, events = await _count(service.store, "messages"), await _count(service.store, "outbox")
 
     refused = await _refused(_user(service, one, max_active_jobs=2))
     assert isinstance(refused, TooManyJobs) and refused.code == "too_many_jobs"
     assert refused.retry_after == JOBS_RETRY_AFTER
-    assert await _count(service.store, messages) == stored
-    assert await _count(service.store, outbox) == events
+    assert await _count(service.store, "messages") == stored
+    assert await _count(service.store, "outbox") == events
     assert (await _get(service, one)).message_count == 1
 
     # A repeat of an admitted job is answered as stored, never refused.
@@ -98,10 +97,9 @@ async def test_messages_per_minute_are_refused_until_the_oldest_leaves_the_windo
     assert not again.created  # a repeat is never refused
 
     # A minute later the oldest messages left the window (moved back in time here).
-    async with service.store.write() as tx:
-        await tx.conn.execute(
-            update(messages).values(created_at=utcnow() - timedelta(seconds=61))
-        )
+    async with service.store.sql.write() as tx:
+        minute_ago = utcnow() - timedelta(seconds=61)
+        await tx.execute("UPDATE {s}.messages SET created_at = $1", minute_ago)
     assert (await _user(service, session, max_messages_per_minute=3)).created
 
 
@@ -120,8 +118,8 @@ async def test_appends_arriving_together_hold_the_limit_exactly(service: History
 async def test_two_replicas_at_the_limit_admit_exactly_the_limit(
     service: HistoryService, database_url: str
 ) -> None:
-    other_engine = DATABASE.make_engine(database_url)  # a second replica: its own batches
-    other = build_service(Store(other_engine), RecordingPublisher())
+    other_store = store_at(database_url)  # a second replica: its own batches
+    other = build_service(other_store, RecordingPublisher())
     try:
         sessions = [await _create(service, persona=f"p{i}") for i in range(6)]
         calls = [
@@ -131,13 +129,13 @@ async def test_two_replicas_at_the_limit_admit_exactly_the_limit(
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         await other.outbox.settle()  # type: ignore[attr-defined]
     finally:
-        await other_engine.dispose()
+        await other_store.sql.close()
     admitted = [o for o in outcomes if isinstance(o, MessageReply)]
     refused = [o for o in outcomes if not isinstance(o, MessageReply)]
     assert len(admitted) == 7
     assert all(isinstance(o, TooManyJobs) for o in refused), refused
-    assert await _count(service.store, messages) == 7
-    assert await _count(service.store, outbox) == 7
+    assert await _count(service.store, "messages") == 7
+    assert await _count(service.store, "outbox") == 7
 
 
 async def test_each_job_follows_the_sessions_unfinished_tail(service: HistoryService) -> None:
@@ -190,11 +188,11 @@ async def test_reject_refuses_while_the_session_has_an_unfinished_job(
     session = await _create(service)
     first = await _user(service, session, multitask="reject")
     assert first.created and first.message is not None
-    before = await _count(service.store, messages)
+    before = await _count(service.store, "messages")
     refused = await _refused(_user(service, session, multitask="reject"))
     assert isinstance(refused, Conflict)
     assert str(refused) == "the session has a job queued or running"
-    assert await _count(service.store, messages) == before
+    assert await _count(service.store, "messages") == before
     other = await _create(service, persona="other")  # another session is free
     assert (await _user(service, other, multitask="reject")).created
     await service.end_job(EndJob(user_id="alice", job_id=first.message.job_id), META)
@@ -249,8 +247,8 @@ async def test_jobs_unfinished_for_a_day_stop_counting(service: HistoryService) 
     session = await _create(service)
     stale = await _user(service, session, max_active_jobs=1)
     assert stale.message is not None
-    async with service.store.write() as tx:  # a day passes and nobody reported its end
-        await tx.conn.execute(update(messages).values(created_at=utcnow() - timedelta(hours=25)))
+    async with service.store.sql.write() as tx:  # a day passes and nobody reported its end
+        await tx.execute("UPDATE {s}.messages SET created_at = $1", utcnow() - timedelta(hours=25))
     fresh = await _user(service, session, max_active_jobs=1)
     assert fresh.created and fresh.follows is None
 
@@ -281,9 +279,7 @@ async def test_an_admitted_job_is_announced_once_on_chat_requested(
     assert body.follows == first.message.job_id if first.message else False
     # Marked sent: the timer finds nothing to publish again.
     assert await relay.drain() == 0
-    async with service.store.read() as tx:
-        unsent = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-        assert (await tx.conn.execute(unsent)).scalar_one() == 0
+    assert await _count(service.store, "outbox", "WHERE sent_at IS NULL") == 0
 
 
 class Crashing(Relay):
@@ -303,16 +299,16 @@ async def test_a_job_left_by_a_crash_after_the_commit_is_published_by_the_timer(
     )
     reply = await _user(crashing, session)
     assert reply.created and reply.message is not None
-    engine = DATABASE.make_engine(database_url)  # another replica, later
+    store = store_at(database_url)  # another replica, later
     try:
         later = RecordingPublisher()
-        timer = Relay(Store(engine), later)
+        timer = Relay(store, later)
         assert await timer.drain() == 0  # the lease of the dead append still runs
         await asyncio.sleep(0.3)
         assert await timer.drain() == 1
         assert await timer.drain() == 0
     finally:
-        await engine.dispose()
+        await store.sql.close()
     [job] = later.on(subjects.CHAT_REQUESTED)
     assert job.msg_id == str(reply.message.job_id) and job.meta.request_id == META.request_id
     assert isinstance(job.body, RequestChat) and job.body.message_id == reply.message.id
@@ -330,3 +326,29 @@ async def test_a_failed_announcement_is_left_to_the_timer(
     publisher.fail = False
     assert await relay.drain() == 1  # released at once, not after the lease
     assert [p.subject for p in publisher.sent] == [subjects.CHAT_REQUESTED]
+
+
+async def test_two_replicas_appending_to_one_session_keep_one_order(
+    service: HistoryService, database_url: str
+) -> None:
+    other_store = store_at(database_url)  # a second replica: its own connections and batches
+    other = build_service(other_store, RecordingPublisher())
+    try:
+        session = await _create(service)
+        for _ in range(3):
+            jobs = [uuid.uuid4() for _ in range(12)]
+            replicas = [service, other] * 6
+            replies = await asyncio.gather(
+                *(_user(r, session, job=j) for r, j in zip(replicas, jobs, strict=True))
+            )
+            # Every job follows the one admitted just before it: a single chain.
+            chain = {r.message.job_id: r.follows for r in replies if r.message is not None}
+            heads = [j for j, f in chain.items() if f is None or f not in chain]
+            assert len(heads) == 1, chain
+            followed = [f for f in chain.values() if f in chain]
+            assert len(followed) == len(set(followed)) == len(jobs) - 1
+            for job in jobs:  # answered: the next round starts a new chain
+                await _reply(service, session, role="assistant", job=job)
+        await other.outbox.settle()  # type: ignore[attr-defined]
+    finally:
+        await other_store.sql.close()

@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.history import (
     ArchiveSession,
@@ -30,6 +28,7 @@ from services.history.cache_backends import MemoryBackend, VersionKey
 from services.history.errors import NotFound
 from services.history.outbox import Relay
 from services.history.service import HistoryService
+from services.history.store import Store
 from tests.unit.test_history_service import (  # noqa: F401  (fixtures)
     META,
     RecordingPublisher,
@@ -86,16 +85,18 @@ class Switchable(MemoryBackend):
         await super().set(key, value, ttl)
 
 
-def count_queries(engine: AsyncEngine, table: str) -> list[str]:
-    """Record every statement that reads ``table``."""
+def count_queries(store: Store, table: str) -> list[str]:
+    """Record every statement of ``store`` that reads ``table``."""
     seen: list[str] = []
-    pattern = re.compile(rf"FROM (\w+\.)?{table}\b")
+    pattern = re.compile(rf"FROM (\{{s\}}\.)?{table}\b")
+    render = store.sql.render
 
-    def before(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        if pattern.search(statement):
-            seen.append(statement)
+    def counting(template: str) -> str:
+        if pattern.search(template):
+            seen.append(template)
+        return render(template)
 
-    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    store.sql.render = counting  # type: ignore[method-assign]
     return seen
 
 
@@ -180,7 +181,7 @@ async def test_concurrent_misses_on_one_key_query_the_database_once(cached: Cach
     svc = cached.service
     session = await _create(svc)
     await _append(svc, session, content="hello")
-    queries = count_queries(svc.store.engine, "messages")
+    queries = count_queries(svc.store, "messages")
     request = ListMessages(user_id="alice", session_id=session.id)
 
     pages = await asyncio.gather(*(svc.list_messages(request, META) for _ in range(50)))

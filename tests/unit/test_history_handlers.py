@@ -34,11 +34,10 @@ from services.history.cache_backends import MemoryBackend
 from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
-from services.history.store import Store
 from services.history.subscribers import answerer, routes
 from services.runtime.meta import RequestMeta
 from tests.answering import Edge, dead_letters
-from tests.unit.test_history_service import RecordingPublisher, admission
+from tests.unit.test_history_service import RecordingPublisher, admission, store_at
 
 
 class ExplodingService(HistoryService):
@@ -61,8 +60,7 @@ class Harness:
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
     await DATABASE.migrate(url)
-    engine = DATABASE.make_engine(url)
-    store = Store(engine)
+    store = store_at(url)
     cache = Cache(MemoryBackend(100), CacheMetrics(CollectorRegistry()))
     relay = Relay(store, RecordingPublisher())
     service = ExplodingService(store, cache, relay, instance="unit-1")
@@ -71,7 +69,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         yield Harness(Edge.of(answerer(letters), routes(service)), dead)
         await relay.settle()
     finally:
-        await engine.dispose()
+        await store.sql.close()
 
 
 async def test_every_subject_answers_with_its_reply_model(harness: Harness) -> None:

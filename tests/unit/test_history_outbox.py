@@ -8,12 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
 
 from contracts import subjects
 from contracts.base import utcnow
 from contracts.history import ArchiveSession, CreateSession
-from services.history.models import DATABASE, outbox
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store, Tx
@@ -27,6 +25,7 @@ from tests.unit.test_history_service import (  # noqa: F401  (fixtures)
     publisher_fixture,
     relay_fixture,
     service_fixture,
+    store_at,
 )
 
 
@@ -41,9 +40,8 @@ class CommitFails(Store):
 
 
 async def _pending(store: Store) -> int:
-    async with store.read() as tx:
-        query = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-        return int((await tx.conn.execute(query)).scalar_one())
+    [[count]] = await store.sql.fetch("SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL")
+    return int(count)
 
 
 async def _until(predicate: Any, timeout: float = 10.0) -> None:
@@ -57,7 +55,7 @@ async def test_rolled_back_writes_emit_nothing(
     service: HistoryService, publisher: RecordingPublisher, relay: Relay
 ) -> None:
     session = await _create(service)
-    failing = build_service(CommitFails(service.store.engine), publisher)
+    failing = build_service(CommitFails(service.store.sql), publisher)
 
     with pytest.raises(RuntimeError):
         await failing.archive_session(ArchiveSession(user_id="alice", session_id=session.id), META)
@@ -76,12 +74,12 @@ async def test_committed_events_survive_a_crash_before_publishing(
     # The service committed and "died" before its relay ran: nothing was published.
     await service.archive_session(ArchiveSession(user_id="alice", session_id=session.id), META)
 
-    engine = DATABASE.make_engine(database_url)  # a new process
+    store = store_at(database_url)  # a new process
     try:
         later = RecordingPublisher()
-        assert await Relay(Store(engine), later).drain() == 1
+        assert await Relay(store, later).drain() == 1
     finally:
-        await engine.dispose()
+        await store.sql.close()
     assert [p.msg_id for p in later.sent] == [f"{session.id}.archived"]
     assert later.sent[0].meta.request_id == META.request_id
     assert later.sent[0].stream == subjects.SESSION_EVENTS_STREAM.name
@@ -94,14 +92,14 @@ async def test_concurrent_relays_publish_each_event_once(
     for session in made:
         await service.archive_session(ArchiveSession(user_id="alice", session_id=session.id), META)
 
-    engines = [DATABASE.make_engine(database_url) for _ in range(3)]
-    publishers = [RecordingPublisher() for _ in engines]
+    stores = [store_at(database_url) for _ in range(3)]
+    publishers = [RecordingPublisher() for _ in stores]
     try:
-        relays = [Relay(Store(e), p) for e, p in zip(engines, publishers, strict=True)]
+        relays = [Relay(s, p) for s, p in zip(stores, publishers, strict=True)]
         counts = await asyncio.gather(*(r.drain() for r in relays))
     finally:
-        for engine in engines:
-            await engine.dispose()
+        for store in stores:
+            await store.sql.close()
     ids = [str(p.msg_id) for pub in publishers for p in pub.sent]
     assert sum(counts) == 12 and sorted(ids) == sorted(f"{s.id}.archived" for s in made)
 
@@ -116,8 +114,9 @@ async def test_a_dead_relays_claim_expires_and_another_takes_it(
 
     other = Relay(service.store, publisher)
     assert await other.drain() == 0  # still leased
-    async with service.store.write() as tx:  # an hour passes
-        await tx.conn.execute(update(outbox).values(claimed_until=utcnow() - timedelta(seconds=1)))
+    async with service.store.sql.write() as tx:  # an hour passes
+        expired = utcnow() - timedelta(seconds=1)
+        await tx.execute("UPDATE {s}.outbox SET claimed_until = $1", expired)
     assert await other.drain() == 1
     assert [p.msg_id for p in publisher.sent] == [f"{session.id}.archived"]
 

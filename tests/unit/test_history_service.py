@@ -33,11 +33,12 @@ from contracts.sessions import SessionArchived, SessionDeleted
 from services.history.cache import Cache, CacheMetrics
 from services.history.cache_backends import MemoryBackend
 from services.history.errors import Conflict, InvalidInput, NotFound
-from services.history.models import DATABASE
+from services.history.models import DATABASE, SCHEMA
 from services.history.outbox import Relay
 from services.history.service import HistoryService
 from services.history.store import Store
 from services.runtime.meta import BusUnavailable, RequestMeta
+from services.runtime.sql import database
 
 META = RequestMeta(request_id="req-1", user_id="alice")
 
@@ -88,6 +89,11 @@ def publisher_fixture() -> RecordingPublisher:
     return RecordingPublisher()
 
 
+def store_at(database_url: str) -> Store:
+    """Open the history store at a URL (a replica's own connections)."""
+    return Store(database(database_url, schema=SCHEMA))
+
+
 def build_service(store: Store, publisher: RecordingPublisher) -> HistoryService:
     """Wire a service with an in-process cache and a relay that runs only when drained."""
     cache = Cache(MemoryBackend(1000), CacheMetrics(CollectorRegistry()))
@@ -97,11 +103,14 @@ def build_service(store: Store, publisher: RecordingPublisher) -> HistoryService
 @pytest.fixture(name="service")
 async def service_fixture(database_url: str, publisher: RecordingPublisher) -> AsyncIterator[Any]:
     await DATABASE.migrate(database_url)
-    engine = DATABASE.make_engine(database_url)
+    store = store_at(database_url)
+    service = build_service(store, publisher)
     try:
-        yield build_service(Store(engine), publisher)
+        yield service
+        assert isinstance(service.outbox, Relay)
+        await service.outbox.settle()
     finally:
-        await engine.dispose()
+        await store.sql.close()
 
 
 @pytest.fixture(name="relay")
@@ -306,15 +315,15 @@ async def test_concurrent_appends_share_transactions_and_keep_their_own_answers(
 async def test_two_replicas_appending_one_job_store_it_once(
     service: HistoryService, database_url: str
 ) -> None:
-    other_engine = DATABASE.make_engine(database_url)  # a second replica: its own pool and batches
-    other = build_service(Store(other_engine), RecordingPublisher())
+    other_store = store_at(database_url)  # a second replica: its own pool and batches
+    other = build_service(other_store, RecordingPublisher())
     try:
         session = await _create(service)
         job = uuid.uuid4()
         replicas = [service, other] * 10
         results = await asyncio.gather(*(_append(r, session, job=job) for r in replicas))
     finally:
-        await other_engine.dispose()
+        await other_store.sql.close()
     assert sum(created for _, created in results) == 1
     assert len({message.id for message, _ in results}) == 1
     assert (await _get(service, session)).message_count == 1

@@ -24,10 +24,11 @@ from services.memory.errors import (
     NotFound,
 )
 from services.memory.llm import parse
-from services.memory.models import DATABASE
+from services.memory.models import DATABASE, SCHEMA
 from services.memory.service import MemoryService, Outcome
 from services.memory.store import Store
 from services.runtime.meta import RequestMeta
+from services.runtime.sql import database
 
 META = RequestMeta(request_id="req-1", user_id="alice")
 
@@ -137,10 +138,10 @@ def database_url_fixture(tmp_path: Path) -> str:
 @pytest.fixture(name="world")
 async def world_fixture(database_url: str) -> AsyncIterator[World]:
     await DATABASE.migrate(database_url)
-    engine = DATABASE.make_engine(database_url)
+    sql = database(database_url, schema=SCHEMA)
     history, model, events = FakeHistory(), FakeModel(), FakeEvents()
     service = MemoryService(
-        Store(engine),
+        Store(sql),
         history,
         model,
         events,
@@ -149,7 +150,7 @@ async def world_fixture(database_url: str) -> AsyncIterator[World]:
         heartbeat_interval=0.01,
     )
     yield World(service, history, model, events)
-    await engine.dispose()
+    await sql.close()
 
 
 async def test_an_archived_session_is_remembered_once(world: World) -> None:

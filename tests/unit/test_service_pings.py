@@ -7,12 +7,12 @@ import pytest
 from contracts.base import Ping
 from services.history.errors import Unavailable as HistoryUnavailable
 from services.history.models import DATABASE as HISTORY_DATABASE
-from services.history.store import Store as HistoryStore
 from services.memory.errors import Unavailable as MemoryUnavailable
-from services.memory.models import DATABASE as MEMORY_DATABASE
+from services.memory.models import SCHEMA as MEMORY_SCHEMA
 from services.memory.service import MemoryService
 from services.memory.store import Store as MemoryStore
-from tests.unit.test_history_service import META, RecordingPublisher, build_service
+from services.runtime.sql import database
+from tests.unit.test_history_service import META, RecordingPublisher, build_service, store_at
 from tests.unit.test_memory_service import FakeEvents, FakeHistory, FakeModel
 
 
@@ -27,8 +27,8 @@ async def test_history_pong_needs_its_database(tmp_path: Path) -> None:
     good = f"sqlite+aiosqlite:///{tmp_path}/history.db"
     await HISTORY_DATABASE.migrate(good)
     for url, answers in ((good, True), (unreachable(tmp_path), False)):
-        engine = HISTORY_DATABASE.make_engine(url)
-        service = build_service(HistoryStore(engine), RecordingPublisher())
+        store = store_at(url)
+        service = build_service(store, RecordingPublisher())
         try:
             if answers:
                 assert (await service.ping(Ping(), META)).service == "history"
@@ -36,17 +36,17 @@ async def test_history_pong_needs_its_database(tmp_path: Path) -> None:
                 with pytest.raises(HistoryUnavailable, match="database unreachable"):
                     await service.ping(Ping(), META)
         finally:
-            await engine.dispose()
+            await store.sql.close()
 
 
 async def test_memory_pong_needs_its_database(tmp_path: Path) -> None:
-    engine = MEMORY_DATABASE.make_engine(unreachable(tmp_path))
+    sql = database(unreachable(tmp_path), schema=MEMORY_SCHEMA)
     service = MemoryService(
-        MemoryStore(engine), FakeHistory(), FakeModel(), FakeEvents(),
+        MemoryStore(sql), FakeHistory(), FakeModel(), FakeEvents(),
         instance="unit", max_per_session=10, heartbeat_interval=0.01,
     )
     try:
         with pytest.raises(MemoryUnavailable, match="database unreachable"):
             await service.ping(Ping(), META)
     finally:
-        await engine.dispose()
+        await sql.close()

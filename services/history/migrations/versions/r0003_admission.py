@@ -45,7 +45,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_messages_session_unfinished",
         "messages",
-        ["session_id"],
+        ["session_id", "created_at"],
         schema=schema,
         postgresql_where=UNFINISHED,
         sqlite_where=UNFINISHED,
