@@ -14,7 +14,7 @@ from services.gateway.bus import GatewayBus, NatsBus
 from services.gateway.config import Settings
 from services.gateway.errors import PROBLEM_JSON, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware
-from services.gateway.routes import docs, history, jobs, memories, messages, ops, sessions
+from services.gateway.routes import docs, history, jobs, memories, messages, ops, sessions, web
 from services.runtime.bus import (
     ensure_streams,
     jobs_bucket,
@@ -79,6 +79,7 @@ def create_app(
     )
     for module in (sessions, messages, jobs, history, memories, ops, docs):
         app.include_router(module.router)
+    web.install(app)
     _document_problems_as_problem_json(app)
     return app
 
