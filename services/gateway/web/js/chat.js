@@ -123,6 +123,7 @@ export class ChatPanel {
       } catch (err) {
         if (signal.aborted) { setState(bubble, "not sent: cancelled", true); return null; }
         if ((err.status === 429 || err.status === 503) && tries < MAX_SEND_TRIES) {
+          setState(bubble, `waiting to send (${err.status})…`);
           if (await waitToRetry(err, signal, () => this.sending && this.sending.abort())) continue;
           setState(bubble, "not sent: cancelled", true);
           return null;

@@ -13,25 +13,33 @@ export class Dashboard {
     this.api = api;
     this.polls = 0;
     this.timer = null;
+    this.generation = 0; // a stop() ends the loop of every earlier start()
     this.running = false;
   }
 
   start() {
     if (this.running) return;
     this.running = true;
-    this.tick();
+    this.tick(this.generation);
+  }
+
+  /** Start afresh: poll now, with the token of now. */
+  restart() {
+    this.stop();
+    this.start();
   }
 
   stop() {
     this.running = false;
+    this.generation += 1;
     clearTimeout(this.timer);
   }
 
-  async tick() {
-    if (!this.running) return;
+  async tick(generation) {
+    if (generation !== this.generation) return;
     // A hidden tab polls nobody's screen: wait until it is shown again.
     if (document.visibilityState !== "hidden") await this.poll();
-    if (this.running) this.timer = setTimeout(() => this.tick(), EVERY_MS);
+    if (generation === this.generation) this.timer = setTimeout(() => this.tick(generation), EVERY_MS);
   }
 
   async poll() {

@@ -61,7 +61,9 @@ async function showApp() {
   $("sign-out").hidden = false;
   const user = auth.userOf(auth.token());
   $("whoami").textContent = user ? `signed in as ${user}` : "signed in";
+  delete document.body.dataset.ready;
   await sessions.load(true);
+  if (!auth.token()) return; // refused (401): the sign-in form is back
   const saved = loadReply();
   const wanted = saved ? saved.sessionId : sessionStorage.getItem(SESSION_KEY);
   let session = sessions.items.find((s) => s.id === wanted) || null;
@@ -73,11 +75,15 @@ async function showApp() {
       if (saved) forget(); // its session is gone, and so is the reply
     }
   }
-  session = session || sessions.items.find((s) => s.status === "active") || null;
-  if (session) sessions.select(session);
-  else chat.open(null);
+  // The user may have created or picked a session while the list loaded: keep it.
+  if (sessions.currentId === null) {
+    session = session || sessions.items.find((s) => s.status === "active") || null;
+    if (session) sessions.select(session);
+    else chat.open(null);
+  }
   if (saved && session && saved.sessionId === session.id) chat.followReply(saved);
-  dashboard.start();
+  dashboard.restart();
+  document.body.dataset.ready = "true";
 }
 
 $("signin-form").addEventListener("submit", (e) => {
