@@ -16,6 +16,7 @@ from chatbus_client import (
     CompletedEvent,
     Conflict,
     DeltaEvent,
+    Job,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -213,7 +214,7 @@ def test_typed_errors(stack: RunningStack) -> None:
 
 def test_429_is_typed_and_retried_as_retry_after_says(stack: RunningStack) -> None:
     with client_of(stack, "crowded") as client:
-        slow = []
+        slow: list[Job] = []
         for _ in range(MAX_ACTIVE_JOBS):
             session = client.sessions.create(persona=f"p{len(slow)}")
             slow.append(client.messages.send(session.id, "[sim:slow=60] hold a slot"))
