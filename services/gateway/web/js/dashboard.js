@@ -67,5 +67,5 @@ function feedItem(message) {
   return el("li", { "data-message": message.id },
     el("span", { class: "role", text: message.role === "user" ? "You" : "Assistant" }),
     el("span", { class: "when", text: ` · ${when(message.created_at)} · session ${short(message.session_id)}` }),
-    el("div", { text: message.content.length > 200 ? `${message.content.slice(0, 200)}…` : message.content }));
+    el("div", { class: "content", text: message.content.length > 200 ? `${message.content.slice(0, 200)}…` : message.content }));
 }
