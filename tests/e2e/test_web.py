@@ -1,11 +1,13 @@
 """The web app in a real browser (Debian's Chromium, driven by Playwright) against the stack
 ``chatbus up`` runs. Each scenario saves a screenshot under test-results/web/."""
 
+import json
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from playwright.sync_api import Route
 
 from tests.e2e.launcher import RunningStack, chatbus_up
 from tests.e2e.web import ARGS, AppPage, require_chromium
@@ -215,6 +217,34 @@ def test_429_counts_down_and_retries_by_itself(stack: RunningStack, open_app: Op
         client.post(f"/api/jobs/{blockers[1]}/cancel")
 
 
+def test_503_says_the_service_is_unavailable_then_retries(open_app: Open) -> None:
+    app = open_app("unlucky")
+    app.create_session()
+    page = app.page
+    injected: list[str] = []
+
+    def once_unavailable(route: Route) -> None:
+        if route.request.method != "POST" or injected:
+            route.continue_()
+            return
+        injected.append(route.request.url)  # the network fails this one POST; the rest is real
+        problem = {"type": "about:blank", "title": "Service Unavailable", "status": 503,
+                   "detail": "a needed service is unavailable", "request_id": "injected-503"}
+        route.fulfill(status=503, body=json.dumps(problem), headers={
+            "Content-Type": "application/problem+json", "Retry-After": "2",
+            "X-Request-ID": "injected-503"})
+
+    page.route("**/api/sessions/*/messages*", once_unavailable)
+    app.send("are you there")
+    page.wait_for_selector("#notice-text >> text=The service is unavailable")
+    text = page.inner_text("#notice-text")
+    assert "a needed service is unavailable" in text and "injected-503" in text, text
+    app.shot("07-503-unavailable")
+    app.wait_reply_done()
+    assert app.reply() == "Echo: are you there (turn 1)"
+    assert len(injected) == 1
+
+
 def test_delete_a_session_after_confirming(stack: RunningStack, open_app: Open) -> None:
     app = open_app("deleter")
     keep = app.create_session(persona="keeper", title="Keep me")
@@ -225,7 +255,7 @@ def test_delete_a_session_after_confirming(stack: RunningStack, open_app: Open) 
     page.click(f"#session-list li[data-session='{doomed}'] button[aria-label^='Delete session']")
     page.wait_for_selector("#confirm[open]")
     assert "Delete me" in page.inner_text("#confirm-text")
-    app.shot("07-delete-confirm")
+    app.shot("08-delete-confirm")
     page.click("#confirm-cancel")
     assert page.locator(f"#session-list li[data-session='{doomed}']").count() == 1
     page.click(f"#session-list li[data-session='{doomed}'] button[aria-label^='Delete session']")
@@ -233,7 +263,7 @@ def test_delete_a_session_after_confirming(stack: RunningStack, open_app: Open) 
     page.wait_for_selector(f"#session-list li[data-session='{doomed}']", state="detached")
     assert page.locator(f"#session-list li[data-session='{keep}']").count() == 1
     assert page.locator("#messages .msg").count() == 0
-    app.shot("07-session-deleted")
+    app.shot("08-session-deleted")
     with api(stack, "deleter") as client:
         assert client.get(f"/api/sessions/{doomed}").status_code == 404
 
@@ -250,7 +280,7 @@ def test_the_history_feed_keeps_moving_while_a_slow_reply_runs(open_app: Open) -
     assert later >= polls + 2, (polls, later)
     assert "thinking" in app.reply_state(), "the slow reply ended before the check"
     assert "bad" not in (page.get_attribute("#feed-status", "class") or "")
-    app.shot("08-feed-moving-while-reply-runs")
+    app.shot("09-feed-moving-while-reply-runs")
     page.click("#stop")
     page.wait_for_selector(".msg.assistant.stopped")
 
@@ -271,7 +301,7 @@ def test_memories_are_listed_and_deleted(open_app: Open) -> None:
         page.click("#memories-form button[type=submit]")
         time.sleep(0.5)
     assert page.inner_text("#memory-list li .content") == "The user said: I like green tea"
-    app.shot("09-memories")
+    app.shot("10-memories")
     page.click("#memory-list li button:has-text('Delete')")
     page.wait_for_selector("#memory-list li", state="detached")
     assert page.locator("#memories-empty").is_visible()
@@ -288,7 +318,7 @@ def test_an_error_shows_its_detail_and_request_id(open_app: Open) -> None:
     assert "(413)" in text and "request id:" in text, text
     assert "not sent" in page.inner_text(".msg.user .state")
     assert len(page.input_value("#composer-input")) == 40_000  # given back, to edit
-    app.shot("10-error-413")
+    app.shot("11-error-413")
 
 
 def test_tool_calls_show_as_they_happen(open_app: Open) -> None:
@@ -301,7 +331,7 @@ def test_tool_calls_show_as_they_happen(open_app: Open) -> None:
     page.wait_for_selector(".msg.assistant .tools li >> text=search_history", timeout=20_000)
     app.wait_reply_done()
     assert app.reply().startswith("Echo: search history for tea (turn 2) [search_history:")
-    app.shot("11-tool-call")
+    app.shot("12-tool-call")
 
 
 def test_on_a_phone_in_dark_mode(open_app: Open) -> None:
@@ -318,7 +348,7 @@ def test_on_a_phone_in_dark_mode(open_app: Open) -> None:
     assert page.locator(".msg.user .text").last.inner_text() == "line one\nline two"
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(17, 20, 24)", background
-    app.shot("12-phone-dark-chat")
+    app.shot("13-phone-dark-chat")
     page.click(".tabs button[data-view=dashboard]")
     page.wait_for_selector("#feed >> text=line two")
-    app.shot("12-phone-dark-dashboard")
+    app.shot("13-phone-dark-dashboard")
