@@ -42,7 +42,8 @@ class ReplyPrinter:
         before = self.reply.attempts
         self.reply.apply(event)
         if isinstance(event, StatusEvent):
-            if before is not None and event.job.attempts != before:
+            # Another attempt writes its reply from scratch; say so if a reply was showing.
+            if before is not None and event.job.attempts != before and self.shown:
                 self.line(f"[retrying: attempt {event.job.attempts}]")
                 self.shown = ""
         elif isinstance(event, DeltaEvent):

@@ -44,7 +44,9 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def open_app(stack: RunningStack, browser: object) -> Iterator[Open]:
+def open_app(
+    stack: RunningStack, browser: object, request: pytest.FixtureRequest
+) -> Iterator[Open]:
     """Open the app signed in as a user (or through a link); fail on any uncaught page error."""
     pages: list[AppPage] = []
 
@@ -58,7 +60,8 @@ def open_app(stack: RunningStack, browser: object) -> Iterator[Open]:
         return page
 
     yield open_
-    for page in pages:
+    for n, page in enumerate(pages):
+        page.shot(f"end-{request.node.name}-{n}")  # how each tab looked when the test ended
         errors = page.errors
         page.close()
         assert errors == [], f"uncaught errors in the page: {errors}"
@@ -106,7 +109,7 @@ def test_without_a_token_the_app_asks_for_one(stack: RunningStack, browser: obje
         page.click("#signin-form button[type=submit]")
         page.wait_for_selector("body[data-ready]")
         assert page.inner_text("#whoami") == "signed in as typed"
-        assert page.inner_text("#feed-status").startswith("updated")
+        page.wait_for_selector("#feed-status[data-polls]")  # the dashboard polls as "typed"
         app.page = page
         app.shot("02-sign-in-form")
     finally:
@@ -183,6 +186,21 @@ def test_a_reload_mid_reply_continues_it(open_app: Open) -> None:
     app.shot("05-reloaded-reply-completed")
 
 
+def test_another_tab_follows_a_reply_being_written(open_app: Open) -> None:
+    first = open_app("two-tabs")
+    session = first.create_session(title="Shared")
+    first.send(LONG)
+    first.page.wait_for_selector(".msg.assistant.live .text:not(:empty)")
+    second = open_app("two-tabs")  # a fresh tab: nothing of the first one's storage
+    page = second.page
+    assert page.get_attribute("#session-list li:has(.pick[aria-current=true])",
+                              "data-session") == session
+    page.wait_for_selector(".msg.assistant.live")
+    second.wait_reply_done()
+    assert second.reply() == f"Echo: {LONG} (turn 1)"
+    second.shot("06-second-tab-followed-the-reply")
+
+
 def test_429_counts_down_and_retries_by_itself(stack: RunningStack, open_app: Open) -> None:
     with api(stack, "crowded") as client:
         blockers = []
@@ -201,7 +219,7 @@ def test_429_counts_down_and_retries_by_itself(stack: RunningStack, open_app: Op
         page.wait_for_selector("#notice-text >> text=Retrying in")
         text = page.inner_text("#notice-text")
         assert "Too many" in text and "request id:" in text, text
-        app.shot("06-429-countdown")
+        app.shot("07-429-countdown")
         seen = set()
         deadline = time.monotonic() + RETRY_AFTER * 2 + 2
         while time.monotonic() < deadline:

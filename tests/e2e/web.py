@@ -69,7 +69,7 @@ class AppPage:
             "(before) => { const li = document.querySelector("
             "'#session-list li:has(.pick[aria-current=true])');"
             " return li && li.dataset.session !== before"
-            " && !document.querySelector('#composer-input').disabled; }",
+            " && !document.querySelector('#send').disabled; }",
             arg=before,
         )
         return str(page.get_attribute(current, "data-session"))

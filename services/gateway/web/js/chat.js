@@ -11,16 +11,18 @@ const PAGE = 50;
 const MAX_SEND_TRIES = 20;
 
 export class ChatPanel {
-  /** hooks.onChanged() after a message or a reply changed a session. */
+  /** hooks.onChanged(sessionId) after a message or a reply changed a session. */
   constructor(api, hooks) {
     this.api = api;
     this.hooks = hooks;
     this.session = null;
     this.cursor = null;
-    this.reply = null; // the one reply being followed, in whichever session
+    this.reply = null; // the reply being followed: the open session's
     this.following = null; // its AbortController
+    this.parked = new Map(); // session id → reply no longer followed since its session was left
     this.sending = null; // AbortController of a message being sent (and retried)
     this.opening = 0;
+    this.loading = false; // the open session's messages are on their way: nothing is sent meanwhile
     $("composer").addEventListener("submit", (e) => { e.preventDefault(); this.send(); });
     $("composer-input").addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); this.send(); }
@@ -35,6 +37,7 @@ export class ChatPanel {
 
   /** Show a session's latest messages (and its reply being written, if any). */
   async open(session) {
+    if (this.reply && (!session || this.reply.sessionId !== session.id)) this.park();
     this.session = session;
     this.cursor = null;
     const opening = ++this.opening;
@@ -43,6 +46,7 @@ export class ChatPanel {
     $("messages").replaceChildren();
     $("chat-empty").hidden = Boolean(session);
     $("messages-earlier").hidden = true;
+    this.loading = Boolean(session);
     this.updateComposer();
     if (!session) return;
     try {
@@ -54,8 +58,45 @@ export class ChatPanel {
     } catch (err) {
       showError(err, "Loading the messages");
     }
-    if (this.reply && this.reply.sessionId === session.id) this.ensureBubble();
+    if (opening !== this.opening) return;
+    this.loading = false;
+    this.updateComposer();
+    if (this.reply) {
+      this.ensureBubble();
+    } else if (this.parked.has(session.id)) {
+      const reply = this.parked.get(session.id);
+      this.parked.delete(session.id);
+      this.followReply(reply); // resumes after the last event it had
+    } else {
+      await this.adoptRunningReply(session);
+    }
     this.scrollDown(true);
+  }
+
+  /** Stop following the reply of a session the user leaves; the job runs on. */
+  park() {
+    const reply = this.reply;
+    this.reply = null;
+    this.following.abort();
+    this.following = null;
+    forget();
+    this.parked.set(reply.sessionId, reply);
+  }
+
+  /** Follow the reply to the session's last message if it is still being written
+   * (sent from another tab, or before a reload this tab did not remember). */
+  async adoptRunningReply(session) {
+    const bubbles = $("messages").querySelectorAll(".msg");
+    const last = bubbles[bubbles.length - 1];
+    if (!last || !last.classList.contains("user") || !last.dataset.job) return;
+    try {
+      const job = await this.api.get(`/api/jobs/${last.dataset.job}`);
+      if (["queued", "running"].includes(job.status) && !this.reply && this.session === session) {
+        this.followReply(newReply(job));
+      }
+    } catch (err) {
+      showError(err, "Looking for a reply being written");
+    }
   }
 
   async loadEarlier() {
@@ -79,7 +120,7 @@ export class ChatPanel {
       : active ? "Message (Enter sends, Shift+Enter new line, Esc stops)"
         : "This session is archived: create a new one to chat";
     $("send").hidden = this.busy;
-    $("send").disabled = !active || this.busy;
+    $("send").disabled = !active || this.busy || this.loading;
     $("stop").hidden = !this.busy;
   }
 
@@ -87,7 +128,8 @@ export class ChatPanel {
   async send() {
     const input = $("composer-input");
     const content = input.value;
-    if (!content.trim() || this.busy || !this.session || this.session.status !== "active") return;
+    if (!content.trim() || this.busy || this.loading || !this.session
+      || this.session.status !== "active") return;
     const session = this.session;
     input.value = "";
     const bubble = messageBubble({ role: "user", content, created_at: new Date().toISOString() });
@@ -110,8 +152,9 @@ export class ChatPanel {
     }
     setState(bubble, "");
     bubble.dataset.job = job.id;
-    this.hooks.onChanged();
-    await this.followReply(newReply(job));
+    this.hooks.onChanged(session.id);
+    if (this.session && this.session.id === session.id) await this.followReply(newReply(job));
+    else this.parked.set(session.id, newReply(job)); // the user went elsewhere meanwhile
   }
 
   /** Post the message, waiting out 429 and 503 as the server asks; null if not sent. */
@@ -148,7 +191,7 @@ export class ChatPanel {
     };
     try {
       await follow(this.api, reply, hooks, this.following.signal);
-      this.paint();
+      if (this.reply === reply) this.paint();
     } catch (err) {
       showError(err, "Following the reply");
       this.paint(`lost: ${err.detail || err.message}`);
@@ -158,7 +201,7 @@ export class ChatPanel {
         this.reply = null;
         this.following = null;
         this.updateComposer();
-        this.hooks.onChanged();
+        this.hooks.onChanged(reply.sessionId);
       }
     }
   }
@@ -180,6 +223,7 @@ export class ChatPanel {
 
   /** Drop the reply of a session that is gone; its stream would only answer 404. */
   sessionDeleted(sessionId) {
+    this.parked.delete(sessionId);
     if (this.reply && this.reply.sessionId === sessionId) {
       this.following.abort();
       forget();

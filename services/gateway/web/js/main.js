@@ -16,7 +16,7 @@ auth.adoptFragmentToken();
 const api = new Api(auth.token, signedOut);
 const memories = new MemoriesPanel(api);
 const dashboard = new Dashboard(api);
-const chat = new ChatPanel(api, { onChanged: () => sessions.load(true) });
+const chat = new ChatPanel(api, { onChanged: (sessionId) => sessions.refresh(sessionId) });
 const sessions = new SessionsPanel(api, {
   onSelect(session) {
     sessionStorage.setItem(SESSION_KEY, session.id);
@@ -75,13 +75,14 @@ async function showApp() {
       if (saved) forget(); // its session is gone, and so is the reply
     }
   }
+  // The reply a reload interrupted resumes, after its last event, when its session opens.
+  if (saved && session) chat.parked.set(saved.sessionId, saved);
   // The user may have created or picked a session while the list loaded: keep it.
   if (sessions.currentId === null) {
     session = session || sessions.items.find((s) => s.status === "active") || null;
     if (session) sessions.select(session);
     else chat.open(null);
   }
-  if (saved && session && saved.sessionId === session.id) chat.followReply(saved);
   dashboard.restart();
   document.body.dataset.ready = "true";
 }

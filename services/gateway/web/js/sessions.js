@@ -54,6 +54,20 @@ export class SessionsPanel {
     this.hooks.onSelect(session);
   }
 
+  /** Read one session again (its message count moved) and show it. */
+  async refresh(sessionId) {
+    try {
+      this.update(await this.api.get(`/api/sessions/${sessionId}`));
+    } catch (err) {
+      if (err.status === 404) {
+        this.items = this.items.filter((s) => s.id !== sessionId);
+        this.render();
+      } else {
+        showError(err, "Refreshing the session");
+      }
+    }
+  }
+
   /** Replace a session's entry with a fresher copy. */
   update(session) {
     const index = this.items.findIndex((s) => s.id === session.id);
