@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Route
 
 from tests.e2e.launcher import RunningStack, chatbus_up
+from tests.e2e.tcpcut import CuttableProxy
 from tests.e2e.web import ARGS, AppPage, require_chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -184,6 +185,40 @@ def test_a_reload_mid_reply_continues_it(open_app: Open) -> None:
     assert not wrong, f"after the reload the text skipped or repeated pieces: {wrong[0]!r}"
     assert page.locator(".msg.user").count() == 1
     app.shot("05-reloaded-reply-completed")
+
+
+def test_a_dropped_connection_mid_reply_reconnects(stack: RunningStack, open_app: Open) -> None:
+    port = int(stack.base_url.rsplit(":", 1)[1])
+    with CuttableProxy(port) as proxy:
+        app = open_app(link=f"http://127.0.0.1:{proxy.port}/#token={stack.token('cut')}")
+        app.create_session()
+        page = app.page
+        app.send(LONG)
+        page.wait_for_function(
+            "() => { const t = document.querySelector('.msg.assistant.live .text');"
+            " return t && t.textContent.split(' ').length > 4; }"
+        )
+        proxy.cut()
+        page.wait_for_selector(".msg.assistant.live .state >> text=reconnecting")
+        app.shot("06-connection-lost")
+        expected = f"Echo: {LONG} (turn 1)"
+        samples = app.samples_until(lambda: page.locator(".msg.assistant.live").count() == 0)
+        assert app.reply() == expected
+        wrong = [s for s in samples if not expected.startswith(s)]
+        assert not wrong, f"after reconnecting the text skipped or repeated pieces: {wrong[0]!r}"
+
+
+def test_sessions_come_in_pages(stack: RunningStack, open_app: Open) -> None:
+    with api(stack, "many") as client:
+        for n in range(21):
+            assert client.post("/api/sessions", json={"persona": f"p{n}"}).status_code == 201
+    app = open_app("many")
+    page = app.page
+    assert page.locator("#session-list li").count() == 20
+    page.click("#sessions-more")
+    page.wait_for_function("() => document.querySelectorAll('#session-list li').length === 21")
+    assert page.locator("#sessions-more").is_hidden()
+    assert page.inner_text("#session-list li:last-child .name") == "p0"
 
 
 def test_another_tab_follows_a_reply_being_written(open_app: Open) -> None:
