@@ -117,6 +117,36 @@ def test_without_a_token_the_app_asks_for_one(stack: RunningStack, browser: obje
         context.close()
 
 
+def test_the_event_parser_survives_any_split_of_the_stream(open_app: Open) -> None:
+    app = open_app("parser")
+    wire = (
+        ': ping\r\n\r\nevent: delta\r\nid: d1.0\r\ndata: {"text":\r\ndata: "a"}\r\n\r\n'
+        'event: status\rid: s2\rdata: {}\r\revent: delta\nid: d1.1\ndata: {"text": "é"}\n\n'
+    )
+    results = app.page.evaluate(
+        """async (wire) => {
+            const { SseParser } = await import("/web/js/sse.js");
+            const out = [];
+            for (let size = 1; size <= wire.length; size += 1) {
+                const parser = new SseParser();
+                const events = [];
+                for (let i = 0; i < wire.length; i += size) {
+                    events.push(...parser.push(wire.slice(i, i + size)));
+                }
+                out.push(JSON.stringify(events));
+            }
+            return [...new Set(out)];
+        }""",
+        wire,
+    )
+    assert len(results) == 1, results
+    assert json.loads(results[0]) == [
+        {"event": "delta", "data": '{"text":\n"a"}', "id": "d1.0"},
+        {"event": "status", "data": "{}", "id": "s2"},
+        {"event": "delta", "data": '{"text": "é"}', "id": "d1.1"},
+    ]
+
+
 def test_the_reply_streams_then_completes(open_app: Open) -> None:
     app = open_app("streamer")
     app.create_session()
