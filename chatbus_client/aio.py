@@ -1,8 +1,7 @@
 """The asynchronous client: ``AsyncClient(url, token)``, the same API as :class:`Client`."""
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -11,11 +10,12 @@ import httpx
 from chatbus_client import calls
 from chatbus_client.calls import Call, Id
 from chatbus_client.client import DEFAULT_URL
-from chatbus_client.errors import ChatbusError, error_from
-from chatbus_client.events import JobEvent, parse_event
+from chatbus_client.errors import error_from
+from chatbus_client.events import JobEvent
 from chatbus_client.models import Job, Memory, Message, Page, Session
-from chatbus_client.retry import STREAM_TIMEOUT, RetryPolicy, unreachable
-from chatbus_client.sse import Resumption, SseParser, stream_ended
+from chatbus_client.retry import RetryPolicy, unreachable
+from chatbus_client.sse import Resumption
+from chatbus_client.stream import follow_async
 
 T = TypeVar("T")
 
@@ -165,39 +165,11 @@ class AsyncJobs:
 
     async def stream(
         self, job_id: Id, *, last_event_id: str | None = None, max_reconnects: int = 5
-    ) -> AsyncIterator[JobEvent]:
+    ) -> AsyncGenerator[JobEvent, None]:
         """Yield the job's events to the final one, reconnecting after the last event seen."""
         resume = Resumption(last_event_id, max_reconnects)
-        while True:
-            problem: Exception
-            async with AsyncExitStack() as stack:
-                try:
-                    response = await stack.enter_async_context(
-                        self._client.http.stream(
-                            "GET", calls.events_path(job_id),
-                            headers=resume.headers(), timeout=STREAM_TIMEOUT,
-                        )
-                    )
-                    if not response.is_success:
-                        await response.aread()
-                        raise error_from(response)
-                except (httpx.TransportError, ChatbusError) as exc:
-                    problem = exc
-                else:
-                    try:
-                        parser = SseParser()
-                        async for line in response.aiter_lines():
-                            if (raw := parser.feed(line)) is None:
-                                continue
-                            event = parse_event(raw.name, raw.data, raw.id)
-                            resume.seen(raw.id)
-                            yield event
-                            if event.final:
-                                return
-                        problem = stream_ended()
-                    except httpx.TransportError as exc:
-                        problem = exc
-            await asyncio.sleep(resume.delay(problem))
+        async for event in follow_async(self._client.http, job_id, resume):
+            yield event
 
 
 class AsyncMemories:

@@ -1,8 +1,7 @@
 """The synchronous client: ``Client(url, token)``, one attribute per resource of the API."""
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -10,11 +9,12 @@ import httpx
 
 from chatbus_client import calls
 from chatbus_client.calls import Call, Id
-from chatbus_client.errors import ChatbusError, error_from
-from chatbus_client.events import JobEvent, parse_event
+from chatbus_client.errors import error_from
+from chatbus_client.events import JobEvent
 from chatbus_client.models import Job, Memory, Message, Page, Session
-from chatbus_client.retry import STREAM_TIMEOUT, RetryPolicy, unreachable
-from chatbus_client.sse import Resumption, SseParser, stream_ended
+from chatbus_client.retry import RetryPolicy, unreachable
+from chatbus_client.sse import Resumption
+from chatbus_client.stream import follow
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -163,39 +163,9 @@ class Jobs:
 
     def stream(
         self, job_id: Id, *, last_event_id: str | None = None, max_reconnects: int = 5
-    ) -> Iterator[JobEvent]:
+    ) -> Generator[JobEvent, None, None]:
         """Yield the job's events to the final one, reconnecting after the last event seen."""
-        resume = Resumption(last_event_id, max_reconnects)
-        while True:
-            problem: Exception
-            with ExitStack() as stack:
-                try:
-                    response = stack.enter_context(
-                        self._client.http.stream(
-                            "GET", calls.events_path(job_id),
-                            headers=resume.headers(), timeout=STREAM_TIMEOUT,
-                        )
-                    )
-                    if not response.is_success:
-                        response.read()
-                        raise error_from(response)
-                except (httpx.TransportError, ChatbusError) as exc:
-                    problem = exc
-                else:
-                    try:
-                        parser = SseParser()
-                        for line in response.iter_lines():
-                            if (raw := parser.feed(line)) is None:
-                                continue
-                            event = parse_event(raw.name, raw.data, raw.id)
-                            resume.seen(raw.id)
-                            yield event
-                            if event.final:
-                                return
-                        problem = stream_ended()
-                    except httpx.TransportError as exc:
-                        problem = exc
-            time.sleep(resume.delay(problem))
+        return follow(self._client.http, job_id, Resumption(last_event_id, max_reconnects))
 
 
 class Memories:
