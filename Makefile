@@ -19,8 +19,8 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check contracts services tests
-	$(BIN)/mypy contracts services
+	$(BIN)/ruff check contracts services chatbus_client tests
+	$(BIN)/mypy contracts services chatbus_client
 
 clean:
 	rm -rf $(VENV) .chatbus .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from services.gateway.routes import (
     ops,
     sessions,
     tools,
+    web,
     webhooks,
 )
 from services.runtime.bus import cancels_bucket, ensure_streams, jobs_bucket, make_broker
@@ -82,8 +83,9 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware, latency=latency, max_body_bytes=settings.max_body_bytes
     )
-    for module in (sessions, messages, jobs, history, memories, tools, webhooks, ops, docs):
+    for module in (sessions, messages, jobs, history, memories, tools, webhooks, ops, docs, web):
         app.include_router(module.router)
+    web.install(app)
     _document_problems_as_problem_json(app)
     return app
 

@@ -68,6 +68,22 @@ def token(
 
 
 @app.command()
+def chat(
+    url: Annotated[str, typer.Option(help="the gateway")] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None,
+        typer.Option(help="API token; default: a dev token of --user", envvar="CHATBUS_TOKEN"),
+    ] = None,
+    user: Annotated[str, typer.Option(help="user of the dev token made without --token")] = "dev",
+    persona: Annotated[str, typer.Option(help="persona of the session to chat in")] = "default",
+) -> None:
+    """Chat in the terminal with the stack at --url; replies stream as they are written."""
+    from services.launcher.chat import run_chat
+
+    raise typer.Exit(run_chat(url, token or dev_token(LauncherSettings(), user), persona))
+
+
+@app.command()
 def asyncapi(
     out: Annotated[str, typer.Option(help="file to write; `-` prints it")] = "docs/asyncapi.json",
 ) -> None:

@@ -43,6 +43,8 @@ def ready_banner(settings: LauncherSettings, token: str, simulated: bool) -> str
     llm = "SIMULATED model server" if simulated else "configured OpenAI-compatible model"
     return (
         f"\nchatbus is up: {url}   (API docs: {url}/docs, LLM: {llm})\n"
+        "web app, signed in as 'dev' (the token stays in the link's fragment):\n"
+        f"  {url}/#token={token}\n"
         f"dev token for user 'dev' (24 h):\n  export TOKEN={token}\n"
         "try:\n"
         f"  curl -s -X POST {url}/api/sessions -H \"Authorization: Bearer $TOKEN\""

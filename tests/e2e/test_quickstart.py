@@ -4,90 +4,21 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.launcher.natsserver import free_port
+from tests.e2e.launcher import CHATBUS, SECRET, RunningStack, chatbus_up
 
 pytestmark = pytest.mark.e2e
-
-CHATBUS = str(Path(sys.executable).parent / "chatbus")
-SECRET = "e2e-secret"
-
-
-@dataclass
-class RunningStack:
-    """A ``chatbus up`` process and what it printed."""
-
-    proc: subprocess.Popen[str]
-    base_url: str
-    state_dir: Path
-    lines: list[str] = field(default_factory=list)
-    ready: threading.Event = field(default_factory=threading.Event)
-
-    def read_output(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith("chatbus is up"):
-                self.ready.set()
-        self.ready.set()
-
-    def printed(self) -> str:
-        return "\n".join(self.lines)
-
-
-def stack_env(state_dir: Path, port: int) -> dict[str, str]:
-    """Environment of a fresh user: no NATS, no key, no database configured."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"NATS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL", "LLM_MODEL"}
-    }
-    env.update(
-        CHATBUS_STATE_DIR=str(state_dir),
-        GATEWAY_PORT=str(port),
-        JWT_SECRET=SECRET,
-        LLM_SIM_LATENCY="0.05",
-        LLM_SIM_TOKENS_PER_SECOND="200",
-    )
-    return env
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[RunningStack]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [CHATBUS, "up"],
-        env=stack_env(tmp_path / "state", port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    running = RunningStack(proc, f"http://127.0.0.1:{port}", tmp_path / "state")
-    reader = threading.Thread(target=running.read_output, daemon=True)
-    reader.start()
-    try:
-        assert running.ready.wait(90), "chatbus up printed nothing ready within 90 s"
-        assert proc.poll() is None, f"chatbus up exited early:\n{running.printed()}"
+    with chatbus_up(tmp_path / "state") as running:
         yield running
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        reader.join(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 @pytest.mark.timeout(240)
