@@ -123,8 +123,10 @@ _BY_CODE: dict[ErrorCode, type[GatewayError]] = {
 
 def from_reply(error: ReplyError) -> GatewayError:
     """Turn the error carried by a bus reply into the matching gateway error."""
-    if error.code in ("too_many_jobs", "rate_limited"):
+    if error.code == "rate_limited":  # history knows when the oldest message leaves the minute
         return TooManyRequests(error.message, error.retry_after)
+    if error.code == "too_many_jobs":  # when a job ends is unknown: RETRY_AFTER_SECONDS
+        return TooManyRequests(error.message)
     return _BY_CODE[error.code](error.message)
 
 
