@@ -63,6 +63,10 @@ class Store:
         async with self.sql.read() as tx:
             yield Tx(tx, self.postgres)
 
+    async def end_job(self, user_id: str, job_id: UUID, at: datetime) -> bool:
+        """Mark one of the user's jobs ended (kept if it was), on its own; tell if it exists."""
+        return bool(await self.sql.execute(END_JOB, job_id, user_id, at))
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator["Tx"]:
         """Run queries in one write transaction, committed when the block exits cleanly."""
@@ -147,10 +151,6 @@ class Tx:
         """Return the session's unfinished jobs created after ``horizon``, oldest first."""
         rows = await self.tx.fetch(SESSION_UNFINISHED, session_id, horizon)
         return [uuid_of(row[0]) for row in rows]
-
-    async def end_job(self, user_id: str, job_id: UUID, at: datetime) -> bool:
-        """Mark one of the user's jobs ended (kept if it was); tell whether it exists."""
-        return bool(await self.tx.execute(END_JOB, job_id, user_id, at))
 
     async def list_messages(
         self, session_id: UUID, *, after: Position | None, limit: int

@@ -196,6 +196,11 @@ class Sqlite(Sql):
         async with self.read() as tx:
             return await tx.fetch(template, *args)
 
+    async def execute(self, template: str, *args: Any) -> int:
+        """Run one statement, committed on its own (one trip); return the rows it changed."""
+        async with self._turn, self._connection() as connection:
+            return await _SqliteTx(self, connection, None).execute(template, *args)
+
     async def close(self) -> None:
         """Close every connection and its thread."""
         for connection in self._all:
