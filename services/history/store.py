@@ -5,6 +5,7 @@ Every statement is written once below as a template of :mod:`services.runtime.sq
 declared in :mod:`services.history.models` and created by its migrations.
 """
 
+import contextvars
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class Event:
     created_at: datetime
     claimed_until: datetime | None = None
     body: Contract | None = None
+    # The context of the request that caused it (log fields, trace span), to publish it in.
+    context: contextvars.Context | None = None
 
 
 class Store:
