@@ -22,10 +22,11 @@ the outbox relay, which publishes them at once.
 """
 
 import asyncio
+import contextvars
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -65,6 +66,8 @@ class _Pending:
     req: AppendMessage
     meta: RequestMeta
     answer: "asyncio.Future[MessageReply]"
+    # The request's context (its log fields, its trace span): its job is published in it.
+    context: contextvars.Context
 
 
 class AppendBatcher:
@@ -93,7 +96,7 @@ class AppendBatcher:
     async def append(self, req: AppendMessage, meta: RequestMeta) -> MessageReply:
         """Store ``req`` with whatever else is waiting; raise its refusal, if any."""
         answer: asyncio.Future[MessageReply] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(req, meta, answer))
+        self._queue.append(_Pending(req, meta, answer, contextvars.copy_context()))
         if self._writer is None or self._writer.done():
             self._writer = spawn(self._drain(), "history-append-batches")
         # A caller that gives up cancels only its answer: the write goes on (it is idempotent).
@@ -182,7 +185,7 @@ class _Write:
                 outcomes.append(Conflict("the session is archived"))
             else:
                 try:
-                    record, reply = self._store(req, pending.meta, target.persona, admissions)
+                    record, reply = self._store(pending, target.persona, admissions)
                 except HistoryError as exc:
                     outcomes.append(exc)
                     continue
@@ -195,8 +198,9 @@ class _Write:
         return outcomes
 
     def _store(
-        self, req: AppendMessage, meta: RequestMeta, persona: str, admissions: Admissions
+        self, pending: _Pending, persona: str, admissions: Admissions
     ) -> tuple[MessageRecord, MessageReply]:
+        req = pending.req
         admitted = None
         if req.role == "user":
             admission = req.admission
@@ -220,7 +224,8 @@ class _Write:
         assert req.admission is not None
         self.follows[record.id] = admitted.follows
         self.tails[req.session_id] = req.job_id
-        self.events.append(self._job(record, persona, req.admission, admitted.follows, meta))
+        job = self._job(record, persona, req.admission, admitted.follows, pending.meta)
+        self.events.append(replace(job, context=pending.context))
         reply = MessageReply(
             message=record, created=True, persona=persona, follows=admitted.follows,
             interrupted=admitted.interrupted,

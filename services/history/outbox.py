@@ -157,9 +157,16 @@ class Relay:
         await self.flush_marks()
 
     async def _announce(self, events: Sequence[Event]) -> None:
+        loop = asyncio.get_running_loop()
+        # Each in the context of the request that caused it: its trace continues there.
         outcomes = await asyncio.gather(
-            *(self._send(e.subject, e.body, e.payload, e.request_id, e.user_id, e.msg_id)
-              for e in events),
+            *(
+                loop.create_task(
+                    self._send(e.subject, e.body, e.payload, e.request_id, e.user_id, e.msg_id),
+                    context=e.context,
+                )
+                for e in events
+            ),
             return_exceptions=True,
         )
         error: str | None = None

@@ -181,9 +181,7 @@ class HistoryService:
 
     async def end_job(self, req: EndJob, _: RequestMeta) -> JobEnded:
         """Mark a job that ended without a reply (failed, cancelled) ended; a repeat is a no-op."""
-        async with self.store.write() as tx:
-            known = await tx.end_job(req.user_id, req.job_id, utcnow())
-        return JobEnded(known=known)
+        return JobEnded(known=await self.store.end_job(req.user_id, req.job_id, utcnow()))
 
     async def _appended(
         self, users: set[str], sessions: set[uuid.UUID], events: list[Event]

@@ -5,6 +5,7 @@ Every statement is written once below as a template of :mod:`services.runtime.sq
 declared in :mod:`services.history.models` and created by its migrations.
 """
 
+import contextvars
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class Event:
     created_at: datetime
     claimed_until: datetime | None = None
     body: Contract | None = None
+    # The context of the request that caused it (log fields, trace span), to publish it in.
+    context: contextvars.Context | None = None
 
 
 class Store:
@@ -62,6 +65,10 @@ class Store:
         """Run queries that need no snapshot of their own (each sees the latest commit)."""
         async with self.sql.read() as tx:
             yield Tx(tx, self.postgres)
+
+    async def end_job(self, user_id: str, job_id: UUID, at: datetime) -> bool:
+        """Mark one of the user's jobs ended (kept if it was), on its own; tell if it exists."""
+        return bool(await self.sql.execute(END_JOB, job_id, user_id, at))
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator["Tx"]:
@@ -147,10 +154,6 @@ class Tx:
         """Return the session's unfinished jobs created after ``horizon``, oldest first."""
         rows = await self.tx.fetch(SESSION_UNFINISHED, session_id, horizon)
         return [uuid_of(row[0]) for row in rows]
-
-    async def end_job(self, user_id: str, job_id: UUID, at: datetime) -> bool:
-        """Mark one of the user's jobs ended (kept if it was); tell whether it exists."""
-        return bool(await self.tx.execute(END_JOB, job_id, user_id, at))
 
     async def list_messages(
         self, session_id: UUID, *, after: Position | None, limit: int

@@ -3,7 +3,7 @@
 from typing import Any
 
 from contracts import subjects
-from contracts.base import Ping, Pong
+from contracts.base import Contract, Ping, Pong, Reply
 from contracts.history import (
     AppendMessage,
     ArchiveSession,
@@ -27,23 +27,28 @@ from services.history.service import HistoryService
 from services.runtime.answer import Answerer, DeadLetters, Route
 from services.runtime.responder import Observer, Responder
 
+# Each subject served, its request and reply models, and the service method answering it.
+ROUTES: tuple[tuple[str, type[Contract], type[Reply], str], ...] = (
+    (subjects.HISTORY_SESSION_CREATE, CreateSession, SessionReply, "create_session"),
+    (subjects.HISTORY_SESSION_GET, GetSession, SessionReply, "get_session"),
+    (subjects.HISTORY_SESSION_LIST, ListSessions, SessionPage, "list_sessions"),
+    (subjects.HISTORY_MESSAGE_APPEND, AppendMessage, MessageReply, "append_message"),
+    (subjects.HISTORY_MESSAGE_LIST, ListMessages, MessagePage, "list_messages"),
+    (subjects.HISTORY_JOB_END, EndJob, JobEnded, "end_job"),
+    (subjects.HISTORY_SESSION_ARCHIVE, ArchiveSession, SessionReply, "archive_session"),
+    (subjects.HISTORY_SESSION_DELETE, DeleteSession, DeleteReply, "delete_session"),
+    (subjects.HISTORY_FEED, ListFeed, MessagePage, "list_feed"),
+    (subjects.HISTORY_SEARCH, SearchMessages, MessagePage, "search_messages"),
+    (subjects.HISTORY_PING, Ping, Pong, "ping"),
+)
+SUBJECTS = tuple(subject for subject, *_ in ROUTES)
+
 
 def routes(service: HistoryService) -> list[Route[Any, Any]]:
     """Return the history subjects and the service method answering each."""
     return [
-        Route(subjects.HISTORY_SESSION_CREATE, CreateSession, SessionReply, service.create_session),
-        Route(subjects.HISTORY_SESSION_GET, GetSession, SessionReply, service.get_session),
-        Route(subjects.HISTORY_SESSION_LIST, ListSessions, SessionPage, service.list_sessions),
-        Route(subjects.HISTORY_MESSAGE_APPEND, AppendMessage, MessageReply, service.append_message),
-        Route(subjects.HISTORY_MESSAGE_LIST, ListMessages, MessagePage, service.list_messages),
-        Route(subjects.HISTORY_JOB_END, EndJob, JobEnded, service.end_job),
-        Route(
-            subjects.HISTORY_SESSION_ARCHIVE, ArchiveSession, SessionReply, service.archive_session
-        ),
-        Route(subjects.HISTORY_SESSION_DELETE, DeleteSession, DeleteReply, service.delete_session),
-        Route(subjects.HISTORY_FEED, ListFeed, MessagePage, service.list_feed),
-        Route(subjects.HISTORY_SEARCH, SearchMessages, MessagePage, service.search_messages),
-        Route(subjects.HISTORY_PING, Ping, Pong, service.ping),
+        Route(subject, request, reply, getattr(service, method))
+        for subject, request, reply, method in ROUTES
     ]
 
 

@@ -11,7 +11,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.base import Contract, Ping, Pong
+from contracts.base import Contract, Ping, Pong, Reply
 from contracts.memory import DeleteMemory, MemoryDeleted, MemoryPage, RecallMemories
 from contracts.sessions import SessionArchived, SessionDeleted
 from services.memory.config import Settings
@@ -96,12 +96,20 @@ class Edge:
         await settle(raw, ACK, self.deadletters)
 
 
+# Each request-reply subject, its request and reply models, and the method answering it.
+ROUTES: tuple[tuple[str, type[Contract], type[Reply], str], ...] = (
+    (subjects.MEMORY_RECALL, RecallMemories, MemoryPage, "recall"),
+    (subjects.MEMORY_DELETE, DeleteMemory, MemoryDeleted, "delete_memory"),
+    (subjects.MEMORY_PING, Ping, Pong, "ping"),
+)
+SUBJECTS = tuple(subject for subject, *_ in ROUTES)
+
+
 def routes(service: MemoryService) -> list[Route[Any, Any]]:
     """Return the request-reply subjects of the memory service and who answers each."""
     return [
-        Route(subjects.MEMORY_RECALL, RecallMemories, MemoryPage, service.recall),
-        Route(subjects.MEMORY_DELETE, DeleteMemory, MemoryDeleted, service.delete_memory),
-        Route(subjects.MEMORY_PING, Ping, Pong, service.ping),
+        Route(subject, request, reply, getattr(service, method))
+        for subject, request, reply, method in ROUTES
     ]
 
 

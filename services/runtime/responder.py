@@ -57,9 +57,11 @@ class Responder:
         self._slots = {subject: asyncio.Semaphore(concurrency) for subject in self.routes}
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._nc: Client | None = None
 
     async def start(self, nc: Client) -> None:
         """Subscribe every route; requests are answered from here on."""
+        self._nc = nc
         for subject in self.routes:
             self._subscriptions.append(await nc.subscribe(subject, self.queue, cb=self._receive))
 
@@ -97,9 +99,9 @@ class Responder:
                 reply = await self.answerer.answer(self.routes[msg.subject], msg.data, headers, msg)
             else:
                 reply = await self._observed(msg)
-            if msg.reply:
+            if msg.reply and self._nc is not None:
                 echo = headers.get(CORRELATION_HEADER) if headers else None
-                await msg._client.publish(
+                await self._nc.publish(
                     msg.reply,
                     type(reply).__pydantic_serializer__.to_json(reply),
                     headers={CORRELATION_HEADER: echo} if echo else None,

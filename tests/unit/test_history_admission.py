@@ -4,6 +4,7 @@ SQLite here; the integration tier collects these again against Postgres.
 """
 
 import asyncio
+import contextvars
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -352,3 +353,34 @@ async def test_two_replicas_appending_to_one_session_keep_one_order(
         await other.outbox.settle()  # type: ignore[attr-defined]
     finally:
         await other_store.sql.close()
+
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+class ContextRecorder(RecordingPublisher):
+    """Note which request's context each publish ran in."""
+
+    seen: list[str]
+
+    async def publish(self, subject: str, body: Any, meta: Any, **kwargs: Any) -> None:
+        self.seen.append(WHO.get())
+        await super().publish(subject, body, meta, **kwargs)
+
+
+async def test_each_job_is_published_in_the_context_of_its_request(
+    service: HistoryService,
+) -> None:
+    publisher = ContextRecorder()
+    publisher.seen = []
+    relay = Relay(service.store, publisher)
+    batching = HistoryService(service.store, service.cache, relay, instance="ctx")
+    sessions = [await _create(batching, persona=f"p{i}") for i in range(3)]
+
+    async def as_request(name: str, session: SessionRecord) -> None:
+        WHO.set(name)  # as the responder binds a request's id and its trace span
+        await _user(batching, session)
+
+    await asyncio.gather(*(as_request(f"req-{i}", s) for i, s in enumerate(sessions)))
+    await relay.settle()
+    assert sorted(publisher.seen) == ["req-0", "req-1", "req-2"]

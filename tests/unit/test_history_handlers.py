@@ -34,7 +34,7 @@ from services.history.cache_backends import MemoryBackend
 from services.history.models import DATABASE
 from services.history.outbox import Relay
 from services.history.service import HistoryService
-from services.history.subscribers import answerer, routes
+from services.history.subscribers import ROUTES, SUBJECTS, answerer, routes
 from services.runtime.meta import RequestMeta
 from tests.answering import Edge, dead_letters
 from tests.unit.test_history_service import RecordingPublisher, admission, store_at
@@ -214,3 +214,11 @@ async def test_malformed_new_requests_are_invalid_and_dead_lettered(
     answer = await harness.ask(subject, body, reply)
     assert answer.error.code == "invalid" and name in answer.error.message
     assert [letter.subject for letter in harness.dead] == [subject]
+
+
+def test_the_served_subjects_are_listed_once_each_with_their_method() -> None:
+    assert len(SUBJECTS) == len(set(SUBJECTS)) == len(ROUTES)
+    assert subjects.HISTORY_JOB_END in SUBJECTS
+    for _, request, reply, method in ROUTES:
+        assert callable(getattr(HistoryService, method)), method
+        assert issubclass(reply, Reply) and request.__name__

@@ -109,6 +109,11 @@ class Sql:
         """Run one query outside any transaction and return its rows."""
         raise NotImplementedError
 
+    async def execute(self, template: str, *args: Any) -> int:
+        """Run one statement, committed on its own (one trip); return the rows it changed."""
+        async with self.write() as tx:
+            return await tx.execute(template, *args)
+
     async def open(self) -> None:
         """Connect now (it happens on first use otherwise), so a bad URL fails at start."""
 

@@ -86,6 +86,11 @@ class Postgres(Sql):
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise IntegrityError(str(exc)) from exc
 
+    async def execute(self, template: str, *args: Any) -> int:
+        """Run one statement, committed on its own (one trip); return the rows it changed."""
+        async with (await self._ready()).acquire() as conn:
+            return await _PgTx(self, conn).execute(template, *args)
+
     async def close(self) -> None:
         """Close the pool."""
         if self._pool is not None:

@@ -52,6 +52,8 @@ class _Connection:
         self.conn: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
+        if not self.path:
+            raise DatabaseError("the request path needs a SQLite file, not an in-memory database")
         if self.conn is None:
             # Transactions are ours (BEGIN travels with the first statement).
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -138,9 +140,9 @@ class Sqlite(Sql):
     def __init__(self, url: URL, schema: str, connections: int = 4) -> None:
         super().__init__(schema)
         database = url.database or ""
-        if database in ("", ":memory:"):
-            raise ValueError("the request path needs a SQLite file, not an in-memory database")
-        self.path = str(Path(database).expanduser())
+        # Several connections cannot share one in-memory database: said on first use, so
+        # an app that only describes itself (its AsyncAPI document) can still be built.
+        self.path = "" if database in ("", ":memory:") else str(Path(database).expanduser())
         self._idle: asyncio.Queue[_Connection] = asyncio.Queue()
         self._all = [_Connection(self.path) for _ in range(max(1, connections))]
         for connection in self._all:
@@ -195,6 +197,11 @@ class Sqlite(Sql):
         """Run one query outside any transaction and return its rows."""
         async with self.read() as tx:
             return await tx.fetch(template, *args)
+
+    async def execute(self, template: str, *args: Any) -> int:
+        """Run one statement, committed on its own (one trip); return the rows it changed."""
+        async with self._turn, self._connection() as connection:
+            return await _SqliteTx(self, connection, None).execute(template, *args)
 
     async def close(self) -> None:
         """Close every connection and its thread."""
