@@ -318,7 +318,7 @@ async def test_history_and_its_callers_fill_the_bus_metrics(
                          caller.broker_middlewares())
     await broker.start()
     try:
-        bus = BusClient(broker, WAIT)
+        bus = BusClient(broker, WAIT, timer=caller.bus_requests)
         meta = RequestMeta(user_id="metrics-user")
         assert await bus.request(subjects.HISTORY_PING, Ping(), Pong, meta) is not None
         # Not a GetSession: answered "invalid" and dead-lettered.
