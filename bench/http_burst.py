@@ -5,8 +5,8 @@ Starts the whole stack as real processes with the fault-test harness
 ``LLM_SIM_LATENCY=--latency`` (short replies), history on SQLite, memory, ONE
 agent with ``AGENT_CONCURRENCY=--concurrency`` and one gateway. Creates
 ``--jobs`` sessions spread over ``--users`` users (not timed), then fires one
-``POST /api/sessions/{id}/messages`` per session all at once (httpx AsyncClient,
-no connection cap) and follows the jobs with ``GET /api/jobs/{id}`` until each
+``POST /api/sessions/{id}/messages`` per session all at once (httpx, spread
+over 25 clients: bench/clients.py) and follows the jobs with ``GET /api/jobs/{id}`` until each
 ends. Completion times come from each job's ``finished_at`` (stamped by the
 agent on this machine's clock), so the polling rate does not blur them.
 
@@ -40,6 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.clients import Clients  # noqa: E402
 from bench.procstats import cpu_seconds  # noqa: E402
 from tests.e2e.cluster import Cluster  # noqa: E402
 
@@ -74,7 +75,7 @@ def epoch(stamp: str) -> float:
 
 
 async def create_sessions(
-    http: httpx.AsyncClient, cluster: Cluster, jobs: int, users: int
+    http: Clients, cluster: Cluster, jobs: int, users: int
 ) -> list[tuple[str, dict[str, str]]]:
     """Create one session per job (a persona each: a new session archives the persona's last)."""
     auths = [cluster.headers(f"burst-user-{u}") for u in range(users)]
@@ -111,7 +112,7 @@ async def release_together(
 
 
 async def submit(
-    http: httpx.AsyncClient, sessions: list[tuple[str, dict[str, str]]]
+    http: Clients, sessions: list[tuple[str, dict[str, str]]]
 ) -> tuple[float, list[dict[str, Any]]]:
     """POST one message per session at once; return the first submit's wall time, the answers."""
 
@@ -140,7 +141,7 @@ async def submit(
 
 
 async def follow(
-    http: httpx.AsyncClient, answers: list[dict[str, Any]], deadline: float
+    http: Clients, answers: list[dict[str, Any]], deadline: float
 ) -> dict[str, dict[str, Any]]:
     """Poll every submitted job until it ends or the deadline passes; return the last states."""
     pending = {a["job"]: a["auth"] for a in answers if "job" in a}
@@ -165,7 +166,7 @@ async def follow(
 
 
 async def count_replies(
-    http: httpx.AsyncClient, answers: list[dict[str, Any]]
+    http: Clients, answers: list[dict[str, Any]]
 ) -> Counter[int]:
     """Count assistant messages per job (1 is right; 0 lost, 2+ doubled, -1 unreadable)."""
     gate = asyncio.Semaphore(50)
@@ -192,7 +193,7 @@ async def count_replies(
 
 async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     """Drive the burst against a started cluster and return the figures."""
-    async with cluster.async_client(timeout=60) as http:
+    async with Clients(lambda: cluster.async_client(timeout=60)) as http:
         began = time.perf_counter()
         sessions = await create_sessions(http, cluster, args.jobs, args.users)
         setup = time.perf_counter() - began

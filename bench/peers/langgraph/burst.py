@@ -41,6 +41,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
+from bench.clients import Clients  # noqa: E402
 from bench.http_burst import epoch, release_together, spread, summary  # noqa: E402
 from bench.peers.langgraph.peer import (  # noqa: E402
     TERMINAL,
@@ -58,7 +59,7 @@ from bench.procstats import cpu_seconds, status_kb  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "peer_langgraph_burst.json"
 
 
-async def submit(http: httpx.AsyncClient, threads: list[str]) -> tuple[float, list[dict[str, Any]]]:
+async def submit(http: Clients, threads: list[str]) -> tuple[float, list[dict[str, Any]]]:
     """POST one run per thread at once; return the first submit's wall time, the answers."""
 
     async def one(n: int, thread: str) -> dict[str, Any]:
@@ -82,7 +83,7 @@ async def submit(http: httpx.AsyncClient, threads: list[str]) -> tuple[float, li
 
 
 async def follow(
-    http: httpx.AsyncClient, answers: list[dict[str, Any]], deadline: float
+    http: Clients, answers: list[dict[str, Any]], deadline: float
 ) -> dict[str, dict[str, Any]]:
     """Poll every accepted run until it ends or the deadline passes; return the last states."""
     pending = {(a["thread"], a["run"]) for a in answers if "run" in a}
@@ -101,7 +102,7 @@ async def follow(
     return final
 
 
-async def run_errors(http: httpx.AsyncClient, failed: list[dict[str, Any]]) -> list[str]:
+async def run_errors(http: Clients, failed: list[dict[str, Any]]) -> list[str]:
     """Return what the peer says went wrong in a few failed runs (the thread keeps the error)."""
     found = []
     for state in failed[:3]:
@@ -112,7 +113,7 @@ async def run_errors(http: httpx.AsyncClient, failed: list[dict[str, Any]]) -> l
 
 async def run(peer: LangGraphPeer, args: argparse.Namespace) -> dict[str, Any]:
     """Drive the burst against a started peer and return the figures."""
-    async with client(peer.url) as http:
+    async with Clients(lambda: client(peer.url)) as http:
         began = time.perf_counter()
         threads = await create_threads(http, args.jobs)
         setup = time.perf_counter() - began
