@@ -71,7 +71,7 @@ class Running:
         task = asyncio.ensure_future(work)
         self.task = task
         try:
-            return await task
+            result = await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if self.cancelled and not (current is not None and current.cancelling()):
@@ -79,6 +79,9 @@ class Running:
             raise  # the replica is stopping, not the job
         finally:
             self.task = None
+        if self.cancelled:  # nats-py can swallow the cancel of a step while it flushes
+            raise JobCancelled
+        return result
 
 
 class JobRunner:

@@ -244,6 +244,11 @@ async def test_cancel_reject_interrupt_and_delete_on_the_real_agent(tmp_path: Pa
         cancelled_queued = await http.post(
             f"{other}/api/jobs/{queued.json()['id']}/cancel", headers=auth
         )
+        for _ in range(100):  # the answer waits CANCEL_WAIT_SECONDS; a loaded agent may be later
+            ended = (await http.get(f"{one}/api/jobs/{queued.json()['id']}", headers=auth)).json()
+            if ended["status"] != "queued":
+                break
+            await asyncio.sleep(0.1)
         interrupting = await http.post(
             url, params={"multitask": "interrupt", "wait": 15}, json={"content": "now"},
             headers=auth,
@@ -265,8 +270,8 @@ async def test_cancel_reject_interrupt_and_delete_on_the_real_agent(tmp_path: Pa
             await asyncio.sleep(0.05)
     assert rejected.status_code == 409, rejected.text
     assert cancelled_queued.status_code == 202
-    assert cancelled_queued.json()["status"] == "cancelled"
-    assert cancelled_queued.json()["attempts"] == 0  # it never ran
+    assert ended["status"] == "cancelled"
+    assert ended["attempts"] == 0  # it never ran
     assert interrupting.status_code == 200, interrupting.text
     assert interrupting.json()["reply"]["content"].startswith("Echo: now")
     assert first["status"] == "cancelled" and first["reply"] is None
