@@ -2,6 +2,7 @@
 
 import re
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -49,20 +50,20 @@ def maybe_time(value: Any) -> datetime | None:
     return None if value is None else time_of(value)
 
 
-class Tx:
+class Tx(ABC):
     """Statements of one transaction (or of none: each statement on its own)."""
 
+    @abstractmethod
     async def fetch(self, template: str, *args: Any) -> list[Row]:
         """Run a query and return its rows."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def execute(self, template: str, *args: Any) -> int:
         """Run a statement and return how many rows it changed."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def executemany(self, template: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run a statement once per parameter row."""
-        raise NotImplementedError
 
     async def fetch_all(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
         """Run queries in order and return each one's rows (in one trip on SQLite)."""
@@ -78,7 +79,7 @@ class Tx:
                 await self.executemany(template, rows)
 
 
-class Sql:
+class Sql(ABC):
     """A database of one service, reached without SQLAlchemy."""
 
     dialect: str
@@ -94,20 +95,21 @@ class Sql:
             text = self._rendered[template] = self._render(template)
         return text
 
+    @abstractmethod
     def _render(self, template: str) -> str:
-        raise NotImplementedError
+        """Turn a template into this database's dialect."""
 
+    @abstractmethod
     def read(self) -> AbstractAsyncContextManager[Tx]:
         """Return a context manager of statements that need no snapshot (``async with``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write(self) -> AbstractAsyncContextManager[Tx]:
         """Return a context manager of a write transaction (``async with``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def fetch(self, template: str, *args: Any) -> list[Row]:
         """Run one query outside any transaction and return its rows."""
-        raise NotImplementedError
 
     async def execute(self, template: str, *args: Any) -> int:
         """Run one statement, committed on its own (one trip); return the rows it changed."""
@@ -116,7 +118,9 @@ class Sql:
 
     async def open(self) -> None:
         """Connect now (it happens on first use otherwise), so a bad URL fails at start."""
+        return None  # a backend that opens nothing ahead of use keeps this
 
+    @abstractmethod
     async def close(self) -> None:
         """Close every connection."""
 
