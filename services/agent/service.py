@@ -53,6 +53,7 @@ class Running:
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.stopped = asyncio.Event()  # set by a cancel: a step ends at once, whatever it awaits
         self.task: asyncio.Future[Any] | None = None
         self.job: Job | None = None  # the latest state this delivery wrote
         self.counted = False  # this delivery counted an attempt
@@ -60,28 +61,41 @@ class Running:
     def cancel(self) -> None:
         """Stop the job's current step (closing the model's stream) and every later one."""
         self.cancelled = True
+        self.stopped.set()
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
     async def step(self, work: Awaitable[T]) -> T:
-        """Run a step a cancel may stop; raise :class:`JobCancelled` when it did."""
+        """Run a step a cancel may stop; raise :class:`JobCancelled` when it did.
+
+        The step ends on the cancel itself, not on its task's cancellation: nats-py can
+        swallow a ``CancelledError`` while it flushes, and the step would run on.
+        """
         if self.cancelled:
             asyncio.ensure_future(work).cancel()
             raise JobCancelled
         task = asyncio.ensure_future(work)
+        task.add_done_callback(_retrieve)
         self.task = task
+        stop = asyncio.ensure_future(self.stopped.wait())
         try:
-            result = await task
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if self.cancelled and not (current is not None and current.cancelling()):
-                raise JobCancelled from None
-            raise  # the replica is stopping, not the job
+            task.cancel()  # the replica is stopping, not the job
+            raise
         finally:
+            stop.cancel()
             self.task = None
-        if self.cancelled:  # nats-py can swallow the cancel of a step while it flushes
-            raise JobCancelled
-        return result
+        if task.done() and not self.cancelled:
+            return task.result()
+        task.cancel()
+        raise JobCancelled
+
+
+def _retrieve(task: "asyncio.Future[Any]") -> None:
+    """Read a step's outcome so a step left behind by a cancel logs no 'never retrieved'."""
+    if not task.cancelled():
+        task.exception()
 
 
 class JobRunner:

@@ -25,6 +25,27 @@ async def test_step_returns_what_the_work_returns() -> None:
     assert await Running().step(work()) == 42
 
 
+async def test_a_cancel_the_work_swallows_still_ends_the_step() -> None:
+    run = Running()
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> int:
+        # What nats-py can do while it flushes: catch the cancel and carry on waiting.
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.sleep(30)
+        return 1
+
+    step = asyncio.create_task(run.step(stubborn()))
+    await asyncio.sleep(0.01)
+    run.cancel()
+    with pytest.raises(JobCancelled):
+        await asyncio.wait_for(step, WAIT)
+    assert swallowed.is_set()
+
+
 async def test_cancel_stops_the_current_step_as_job_cancelled() -> None:
     run, started, stopped = Running(), asyncio.Event(), asyncio.Event()
 
